@@ -1,0 +1,347 @@
+"""``xrd-denoise``: the command line over the same engine and Config as the napari widgets.
+
+Exit codes: 0 success; 2 bad input (one line on stderr naming the file, dataset or parameter);
+130 interrupted (training keeps its last checkpoint); 1 unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, parse_center, parse_shape
+from .errors import XRDError
+
+PROG = "xrd-denoise"
+
+# CLI flag -> (config section, key, converter)
+_FLAGS: dict[str, tuple[str, str, Any]] = {
+    "dataset": ("data", "dataset", str),
+    "scan_shape": ("data", "scan_shape", parse_shape),
+    "ndim": ("data", "ndim", int),
+    "crop": ("data", "crop", None),
+    "mask": ("data", "mask_file", str),
+    "keep_negatives": ("data", "keep_negatives", bool),
+    "saturation": ("data", "saturation", float),
+    "transform": ("data", "transform", str),
+    "method": ("method", "name", str),
+    "loss": ("method", "loss", str),
+    "mask_width": ("method", "mask_width", int),
+    "center": ("method", "center", parse_center),
+    "poni": ("method", "poni", str),
+    "symmetry": ("method", "symmetry", str),
+    "mirror_angle": ("method", "mirror_angle", float),
+    "neighbors": ("method", "neighbors", int),
+    "cycles": ("method", "cycles", int),
+    "reference": ("method", "reference", str),
+    "init_model": ("method", "init_model", str),
+    "arch": ("model", "arch", str),
+    "depth": ("model", "depth", int),
+    "width": ("model", "width", int),
+    "epochs": ("train", "epochs", int),
+    "steps": ("train", "steps_per_epoch", int),
+    "batch_size": ("train", "batch_size", int),
+    "patch_size": ("train", "patch_size", int),
+    "lr": ("train", "lr", float),
+    "seed": ("train", "seed", int),
+    "device": ("train", "device", str),
+    "threads": ("train", "threads", int),
+    "max_minutes": ("train", "max_minutes", float),
+    "tile": ("infer", "tile", int),
+    "infer_batch": ("infer", "batch_size", int),
+    "j_invariant": ("infer", "j_invariant", bool),
+    "tta": ("infer", "tta", bool),
+}
+
+
+def _crop(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.replace(":", ",").split(",")]
+    except ValueError:
+        raise XRDError(f"--crop={text!r} must be Y0,Y1,X0,X1 (or C0,C1 for spectra)") from None
+    return vals
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="HDF5 dataset path of the detector data (default: found automatically)")
+    g.add_argument("--scan-shape", help="scan grid of a flat stack, e.g. 141x121")
+    g.add_argument("--ndim", type=int, choices=(1, 2), help="frame dimensionality: 2 for images, 1 for spectra")
+    g.add_argument("--crop", type=_crop, help="Y0,Y1,X0,X1 half-open crop of each frame")
+    g.add_argument("--mask", help="mask file (npy, TIFF, EDF; nonzero = excluded, as pyFAI/Dioptas)")
+    g.add_argument("--keep-negatives", action="store_const", const=True,
+                   help="keep negative values (background-subtracted data); default: negatives are invalid")
+    g.add_argument("--saturation", type=float, help="counts at or above are invalid")
+    g.add_argument("--poni", help="pyFAI PONI file (geometry, beam centre)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method and training")
+    g.add_argument("--method", help="auto, n2s, n2v, n2n-frames, n2n-split, supervised, symmetry, neighbors")
+    g.add_argument("--loss", help="auto, mse (Anscombe scale) or poisson (counts)")
+    g.add_argument("--mask-width", type=int, help="Noise2Self grid width")
+    g.add_argument("--center", help="beam centre Y,X in pixels (symmetry method)")
+    g.add_argument("--symmetry", help="friedel or mirror")
+    g.add_argument("--mirror-angle", type=float, help="mirror line angle in degrees")
+    g.add_argument("--neighbors", type=int, choices=(4, 8, 24), help="neighbour frames for the neighbors method")
+    g.add_argument("--cycles", type=int, help="iterative refinement cycles (neighbors)")
+    g.add_argument("--reference", help="paired high-SNR frames for --method supervised")
+    g.add_argument("--init-model", help="fine-tune from this model file")
+    g.add_argument("--arch", help="unet or dncnn")
+    g.add_argument("--depth", type=int, help="U-Net depth")
+    g.add_argument("--width", type=int, help="network width (channels of the first level)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--steps", type=int, help="optimiser steps per epoch")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--patch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--threads", type=int, help="torch threads (0: suited to the model and cores)")
+    g.add_argument("--max-minutes", type=float, help="wall-clock budget for training")
+
+
+def _add_infer_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference")
+    g.add_argument("--tile", type=int, help="tile size for large frames")
+    g.add_argument("--infer-batch", type=int, help="frames per inference batch")
+    g.add_argument("--j-invariant", action="store_const", const=True, help="J-invariant Noise2Self inference")
+    g.add_argument("--tta", action="store_const", const=True, help="flip test-time augmentation")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Self-supervised denoising of X-ray diffraction scans.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="JSON config file (the same options; flags override it)")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    sp = sub.add_parser("info", help="describe a detector file")
+    sp.add_argument("input")
+    sp.add_argument("--dataset")
+    sp.add_argument("--scan-shape")
+    sp.add_argument("--ndim", type=int, choices=(1, 2))
+    sp.add_argument("--poni")
+    sp.add_argument("--mask")
+    sp.add_argument("--keep-negatives", action="store_true")
+    sp.add_argument("--debug", action="store_true")
+
+    sp = sub.add_parser("demo", help="denoise the bundled real sample scan and write a PNG comparison")
+    sp.add_argument("-o", "--output-dir", default="xrd-denoise-demo", help="folder for the results")
+    sp.add_argument("--epochs", type=int, help="training epochs (default: a short run)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--overwrite", action="store_true", default=True)
+    sp.add_argument("--debug", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true")
+
+    sp = sub.add_parser("denoise", help="train on INPUT and denoise it in one go")
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True, help="output file: .h5, .npy or .tif")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument("--qc", action="store_true", help="write a QC report (JSON and PNG) beside the output")
+    sp.add_argument("--save-model", help="also save the trained model here")
+    _add_data_options(sp)
+    _add_train_options(sp)
+    _add_infer_options(sp)
+    common(sp)
+
+    sp = sub.add_parser("train", help="train a model on INPUT")
+    sp.add_argument("input")
+    sp.add_argument("-m", "--model", required=True, help="model file to write (.pt)")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--resume", action="store_true", help="continue from the model's checkpoint (MODEL.ckpt)")
+    _add_data_options(sp)
+    _add_train_options(sp)
+    _add_infer_options(sp)
+    common(sp)
+
+    sp = sub.add_parser("predict", help="denoise INPUT with a trained model")
+    sp.add_argument("input")
+    sp.add_argument("-m", "--model", required=True)
+    sp.add_argument("-o", "--output", required=True)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--resume", action="store_true", help="continue a killed run from the frames already written")
+    sp.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    sp.add_argument("--workers", type=int, default=0, help="run on a local dask cluster with N workers")
+    sp.add_argument("--scheduler", help="address of an existing dask scheduler")
+    _add_data_options(sp)
+    _add_infer_options(sp)
+    common(sp)
+
+    sp = sub.add_parser("bench", help="run the quality and speed benchmarks, write docs/benchmarks.md")
+    sp.add_argument("--quick", action="store_true", help="small version, under 10 minutes on 2 CPU cores")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--out", default="docs", help="folder for benchmarks.md and plots")
+    sp.add_argument("--debug", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the Config from ``--config`` and the flags given (flags win)."""
+    cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
+    d = cfg.to_dict()
+    for flag, (sec, key, conv) in _FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is None:
+            continue
+        if conv is not None and conv is not bool and isinstance(v, str):
+            v = conv(v)
+        d[sec][key] = v
+    return Config.from_dict(d)
+
+
+class _Progress:
+    """Progress lines on stderr: a tqdm bar when available, else plain lines."""
+
+    def __init__(self, desc: str, quiet: bool = False):
+        self.desc, self.quiet, self.bar, self._last = desc, quiet, None, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency of our dependencies
+            tqdm = None
+        if tqdm is not None:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.desc, unit="frame", file=sys.stderr, leave=True)
+            self.bar.n = done
+            self.bar.refresh()
+            if done >= total:
+                self.bar.close()
+        elif time.time() - self._last > 2 or done >= total:
+            self._last = time.time()
+            print(f"{self.desc}: {done}/{total} frames", file=sys.stderr)
+
+
+def _train_printer(quiet: bool):
+    def cb(ev) -> None:
+        if quiet:
+            return
+        if ev.kind == "message":
+            print(f"note: {ev.message}", file=sys.stderr)
+        elif ev.kind == "start":
+            print(f"training: {ev.message}" if ev.message else "training...", file=sys.stderr)
+        elif ev.kind == "epoch":
+            val = f" val {ev.val_loss:.4g}" if ev.val_loss is not None else ""
+            eta = f", {ev.eta_s:.0f} s left" if ev.eta_s is not None else ""
+            trn = f"{ev.train_loss:.4g}" if ev.train_loss is not None else "-"
+            print(f"epoch {ev.epoch}/{ev.epochs}: loss {trn}{val} ({ev.elapsed_s:.0f} s{eta})", file=sys.stderr)
+        elif ev.kind == "cancelled":
+            print("training stopped; keeping the best model so far", file=sys.stderr)
+
+    return cb
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .io.info import describe, format_info
+    from .io.readers import open_stack
+
+    shape = parse_shape(args.scan_shape) if args.scan_shape else None
+    stack = open_stack(args.input, dataset=args.dataset, scan_shape=shape, ndim=args.ndim, poni=args.poni,
+                       mask=args.mask, keep_negatives=args.keep_negatives)
+    print(format_info(describe(stack)))
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from .api import denoise
+
+    cfg = config_from_args(args)
+    out = denoise(args.input, args.output, cfg, callback=_train_printer(args.quiet),
+                  progress=_Progress("denoising", args.quiet), overwrite=args.overwrite, qc=args.qc,
+                  model_path=args.save_model)
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import train
+
+    cfg = config_from_args(args)
+    model_path = Path(args.model)
+    train(args.input, cfg, model_path=model_path, callback=_train_printer(args.quiet),
+          resume=args.resume, overwrite=args.overwrite or args.resume)
+    if not args.quiet:
+        print(f"wrote {model_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .api import load_model, predict
+
+    cfg = config_from_args(args)
+    model = load_model(args.model, device=args.device or "auto")
+    out = predict(args.input, model, args.output, config=cfg, progress=_Progress("denoising", args.quiet),
+                  overwrite=args.overwrite, resume=args.resume, workers=args.workers, scheduler=args.scheduler)
+    out_path = Path(args.output)
+    model.config.save(out_path.with_name(out_path.name + ".config.json"))
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output_dir), epochs=args.epochs, device=args.device, quiet=args.quiet)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    path = run_bench(quick=args.quick, device=args.device, out_dir=Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "info": cmd_info,
+    "denoise": cmd_denoise,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    try:
+        return COMMANDS[args.command](args)
+    except XRDError as e:
+        if debug:
+            raise
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; try a smaller --infer-batch, --tile or --batch-size", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - last resort: one line, the traceback only with --debug
+        if debug:
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
