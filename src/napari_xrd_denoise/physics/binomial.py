@@ -18,6 +18,8 @@ def _counts(x: np.ndarray) -> np.ndarray:
             x = np.where(np.isfinite(x), x, 0)
         x = np.rint(np.maximum(x, 0))
     else:
+        if x.dtype.kind == "u":  # the all-ones sentinel marks an invalid pixel, not counts
+            x = np.where(x == np.iinfo(x.dtype).max, 0, x)
         x = np.maximum(x, 0)
     return x.astype(np.int64)
 
