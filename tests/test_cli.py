@@ -1,0 +1,163 @@
+"""The command line end to end: info on every real file, bad inputs, denoise/train/predict on small files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_xrd_denoise.cli import main
+from napari_xrd_denoise.synthetic import make_scan
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+# file -> the shape `info` must report
+REAL_SHAPES = {
+    "ssrl_LaB6_Pilatus300KW_tth_scan/ssrl_LaB6_tth_scan_stack_DERIVED.h5": "51 x 195 x 1475",
+    "arina_eiger_master_layout/test_00_master.h5": "16 x 192 x 192",
+    "lambda750k_nexus/testasapo1_1009_00002_m1_part00000.nxs": "10 x 516 x 1554",
+    "lambda750k_nexus/testasapo1_1009_00002_m1_part00001.nxs": "10 x 516 x 1554",
+    "xrf_spectra/05_xrf_spectra.csv": "32 x 4095",
+    "ued_512/ewald_walkoff.tif": "512 x 512",
+    "ued_512/hotspots.tif": "256 x 256",
+    "merlin_4dstem/Merlin_navigation4x2_ROI.zip": "256 x 256",
+}
+
+FAST = dict(epochs=1, steps=3, batch_size=2, patch_size=32, width=8, depth=2, device="cpu", seed=0)
+
+
+def _flags(**kw) -> list[str]:
+    out = []
+    for k, v in kw.items():
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("rel, shape", sorted(REAL_SHAPES.items()))
+def test_info_on_every_real_file(rel, shape, capsys):
+    path = REAL / rel
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    args = ["info", path] + (["--ndim", "1"] if rel.endswith(".csv") else [])
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert shape.replace(" ", "") in out.replace(" ", ""), out
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    empty = tmp / "empty.h5"
+    empty.write_bytes(b"")
+    rnd = tmp / "random.h5"
+    rnd.write_bytes(np.random.default_rng(0).bytes(4096))
+    text = tmp / "notes.txt"
+    text.write_text("not a detector file\n")
+    good = tmp / "good.h5"
+    with h5py.File(good, "w") as f:
+        f["entry/data/data"] = np.ones((6, 32, 32), np.uint32)
+    trunc = tmp / "truncated.h5"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    master = tmp / "master.h5"
+    with h5py.File(master, "w") as f:
+        f["entry/data/data_000001"] = h5py.ExternalLink("missing_data_000001.h5", "entry/data/data")
+    small = tmp / "small.npy"
+    np.save(small, np.ones((4, 1, 1), np.uint16))
+    nothing = tmp / "allbad.npy"
+    np.save(nothing, np.full((3, 32, 32), 2**32 - 1, np.uint32))
+    return {
+        "missing file": (["info", tmp / "nope.h5"], "nope.h5"),
+        "empty file": (["info", empty], "empty.h5"),
+        "random bytes": (["info", rnd], "random.h5"),
+        "not a detector file": (["info", text], "notes.txt"),
+        "wrong dataset": (["info", good, "--dataset", "entry/nothing"], "entry/nothing"),
+        "truncated hdf5": (["info", trunc], "truncated.h5"),
+        "missing external link": (["info", master], "missing_data_000001.h5"),
+        "scan shape": (["info", good, "--scan-shape", "4x4"], "--scan-shape"),
+        "frames too small": (["info", small], "small.npy"),
+        "no valid pixel": (["info", nothing], "allbad.npy"),
+        "bad option value": (["denoise", good, "-o", tmp / "o.h5", "--epochs", "0"], "train.epochs"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing file", "empty file", "random bytes", "not a detector file", "wrong dataset", "truncated hdf5",
+     "missing external link", "scan shape", "frames too small", "no valid pixel", "bad option value"],
+)
+def test_bad_inputs_exit_2_with_one_line(case, tmp_path, capsys):
+    args, must_name = _bad_inputs(tmp_path)[case]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert must_name in lines[0]
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert after == before  # inputs untouched, no output left behind
+
+
+def _write_scan(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    scan = make_scan(scan_shape=(2, 3), frame_shape=(48, 48), dose="mid", seed=1)
+    path = tmp_path / "scan.npy"
+    np.save(path, scan.counts)
+    return path, scan.counts
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy"])
+def test_denoise_end_to_end(suffix, tmp_path, capsys):
+    inp, counts = _write_scan(tmp_path)
+    out = tmp_path / f"out{suffix}"
+    code, _, err = run_cli(["denoise", inp, "-o", out, "--method", "n2s", *_flags(**FAST)], capsys)
+    assert code == 0, err
+    assert out.exists()
+    if suffix == ".h5":
+        with h5py.File(out, "r") as f:
+            den = f["entry/data/data"][()]
+            prov = f["entry/provenance"]
+            cfg = json.loads(prov.attrs["config"] if "config" in prov.attrs else prov["config"][()])
+        assert cfg["method"]["name"] == "n2s"
+    else:
+        den = np.load(out)
+    assert den.shape == counts.shape and den.dtype == np.float32
+    gaps = counts == 2**32 - 1
+    assert np.isnan(den[gaps]).all()  # invalid pixels stay invalid
+    assert np.isfinite(den[~gaps]).mean() > 0.99
+    assert (out.parent / (out.name + ".config.json")).exists()
+    # refuses to overwrite
+    code, _, err = run_cli(["denoise", inp, "-o", out, "--method", "n2s", *_flags(**FAST)], capsys)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_train_then_predict(tmp_path, capsys):
+    inp, counts = _write_scan(tmp_path)
+    model = tmp_path / "model.pt"
+    code, _, err = run_cli(["train", inp, "-m", model, "--method", "n2n-split", *_flags(**FAST)], capsys)
+    assert code == 0, err
+    out = tmp_path / "pred.h5"
+    code, _, err = run_cli(["predict", inp, "-m", model, "-o", out], capsys)
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        assert f["entry/data/data"].shape == counts.shape
+    code, _, err = run_cli(["predict", inp, "-m", tmp_path / "scan.npy", "-o", tmp_path / "x.h5"], capsys)
+    assert code == 2 and "scan.npy" in err
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("xrd-denoise")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "napari_xrd_denoise.cli"]
+    r = subprocess.run(cmd + ["info", str(tmp_path / "nothing.h5")], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2
+    assert "nothing.h5" in r.stderr and "Traceback" not in r.stderr
