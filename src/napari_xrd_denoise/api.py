@@ -60,7 +60,7 @@ def open_input(source: str | Path | ScanStack | np.ndarray, cfg: Config) -> Scan
         arr = source
         if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
             raise XRDError(f"input of type {type(source).__name__} is not a file path, ScanStack or array")
-        stack = ScanStack.from_array(arr, frame_ndim=d.ndim, keep_negatives=d.keep_negatives, saturation=d.saturation)
+        stack = ScanStack.from_array(arr, frame_ndim=d.ndim or 2, keep_negatives=d.keep_negatives, saturation=d.saturation)
         stack = stack.with_scan_shape(d.scan_shape) if d.scan_shape else stack
         if d.mask_file:
             from .io.readers import load_mask

@@ -37,7 +37,7 @@ class DataConfig:
 
     dataset: str | None = None  # HDF5 path of the detector dataset; None picks it automatically
     scan_shape: list[int] | None = None  # e.g. [141, 121] for a flat stack of 17061 frames
-    ndim: int = 2  # frame dimensionality: 2 for detector frames, 1 for spectra
+    ndim: int | None = None  # frame dimensionality: 2 for detector frames, 1 for spectra; None = from the file
     crop: list[int] | None = None  # [y0, y1, x0, x1] (2D) or [c0, c1] (1D), half-open
     mask_file: str | None = None  # user mask file, nonzero = excluded (pyFAI/Dioptas convention)
     keep_negatives: bool = False  # True for background-subtracted data; else negatives are invalid
@@ -184,7 +184,7 @@ class Config:
         _choice("method.neighbors", m.neighbors, (4, 8, 24))
         _choice("model.arch", mo.arch, ARCHS)
         _choice("data.transform", dd.transform, TRANSFORMS)
-        _choice("data.ndim", dd.ndim, (1, 2))
+        _choice("data.ndim", dd.ndim, (None, 1, 2))
         _range("method.mask_width", m.mask_width, 2, 16)
         _range("method.blind_fraction", m.blind_fraction, 1e-4, 0.5)
         _range("method.split_p", m.split_p, 0.05, 0.95)
@@ -207,8 +207,8 @@ class Config:
         if dd.scan_shape is not None:
             if not (1 <= len(dd.scan_shape) <= 2) or any(int(s) < 1 for s in dd.scan_shape):
                 raise ConfigError(f"data.scan_shape={dd.scan_shape} must be one or two positive integers, e.g. 141x121")
-        if dd.crop is not None and len(dd.crop) != 2 * dd.ndim:
-            raise ConfigError(f"data.crop={dd.crop} needs {2 * dd.ndim} numbers for {dd.ndim}D frames")
+        if dd.crop is not None and len(dd.crop) not in (2, 4):
+            raise ConfigError(f"data.crop={dd.crop} needs 4 numbers Y0,Y1,X0,X1 (2D) or 2 numbers C0,C1 (1D)")
         if m.center is not None and len(m.center) != 2:
             raise ConfigError(f"method.center={m.center} must be two numbers Y,X")
         if dd.gain <= 0:

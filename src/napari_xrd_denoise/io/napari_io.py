@@ -1,0 +1,103 @@
+"""npe2 reader and writer hooks (napari is not imported here).
+
+The reader returns the stack's lazy dask array (never computed) as an image layer, plus a labels
+layer of the detector's invalid pixels when the file has a static mask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import XRDError
+from .readers import ALL_SUFFIXES, SERIES_SUFFIXES, detect_format, open_stack
+from .writers import output_kind, write_array
+
+LayerData = tuple[Any, dict, str]
+
+
+def _readable(path: str) -> bool:
+    p = Path(path)
+    if any(c in str(p) for c in "*?["):
+        return True
+    if p.is_dir():
+        return any(c.suffix.lower() in SERIES_SUFFIXES for c in p.iterdir() if c.is_file())
+    if not p.is_file():
+        return False
+    if p.suffix.lower() in ALL_SUFFIXES:
+        return True
+    try:
+        detect_format(p)
+    except XRDError:
+        return False
+    return True
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return a reader for detector files, folders of frames or file patterns; None otherwise."""
+    if isinstance(path, (list, tuple)):
+        if not path or not all(isinstance(p, (str, os.PathLike)) and _readable(str(p)) for p in path):
+            return None
+    elif not isinstance(path, (str, os.PathLike)) or not _readable(str(path)):
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    """Layer data tuples for one path or a list of paths (each opened as its own stack)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    out: list[LayerData] = []
+    for p in paths:
+        out += _layers_for(str(p))
+    return out
+
+
+def _layers_for(path: str) -> list[LayerData]:
+    stack = open_stack(path)
+    name = Path(path).stem or Path(path).name
+    meta = {
+        "source": stack.source,
+        "dataset": stack.dataset,
+        "format": stack.format,
+        "frame_ndim": stack.frame_ndim,
+        "scan_shape": list(stack.scan_shape),
+        "bit_depth": stack.bit_depth,
+        "saturation": stack.saturation,
+        "pixel_size": stack.pixel_size,
+        "beam_center": stack.beam_center,
+        "count_time": stack.count_time,
+        "notes": list(stack.notes),
+        "xrd_stack": stack,
+    }
+    layers: list[LayerData] = [(stack.data, {"name": name, "metadata": meta}, "image")]
+    if stack.static_valid is not None and stack.frame_ndim == 2 and not stack.static_valid.all():
+        invalid = (~stack.static_valid).astype(np.uint8)
+        layers.append((invalid, {"name": f"{name} invalid pixels", "opacity": 0.5,
+                                 "metadata": {"source": stack.source, "kind": "invalid pixels"}}, "labels"))
+    return layers
+
+
+def write_image(path: str, data: Any, attributes: dict) -> list[str]:
+    """npe2 single-layer writer: HDF5 (.h5/.nxs), .npy or TIFF, float32 with provenance.
+
+    napari asks before replacing a file, so an existing file is overwritten.
+    """
+    output_kind(path)  # one-line error for an unsupported suffix
+    if isinstance(data, list):  # multiscale: write the full-resolution level
+        data = data[0]
+    meta = dict(attributes.get("metadata") or {})
+    prov = {
+        "layer_name": str(attributes.get("name", "")),
+        "input_file": str(meta.get("source", "")),
+        "input_dataset": str(meta.get("dataset") or ""),
+        "method": str(meta.get("method", "")),
+        "command_line": "napari: save layer",
+    }
+    if "config" in meta:
+        prov["config"] = meta["config"] if isinstance(meta["config"], str) else str(meta["config"])
+    frame_ndim = int(meta.get("frame_ndim", 2 if getattr(data, "ndim", 2) >= 2 else 1))
+    out = write_array(path, data, provenance=prov, overwrite=True, frame_ndim=frame_ndim)
+    return [str(out)]

@@ -1,0 +1,211 @@
+"""Writers: round trips, NaN where invalid, provenance, refusal to overwrite, atomicity, resume; napari hooks."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+
+from napari_xrd_denoise import __version__
+from napari_xrd_denoise.errors import XRDError
+from napari_xrd_denoise.io import napari_io
+from napari_xrd_denoise.io.writers import ResultWriter, part_path, read_result, write_array
+
+SHAPE = (2, 3, 16, 20)
+CONFIG = json.dumps({"method": {"name": "n2s"}, "train": {"epochs": 3}})
+
+
+def prov(config: str = CONFIG) -> dict:
+    return {"config": config, "input_file": "/data/scan_master.h5", "input_dataset": "entry/data/data_*",
+            "command_line": "xrd-denoise denoise scan_master.h5 out.h5", "method": "n2s"}
+
+
+def data_and_valid(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(2.0, 3.0, size=SHAPE).astype(np.float32)
+    v = np.ones(SHAPE, bool)
+    v[..., 4, :] = False  # a gap row
+    v[1, 2, 7, 7] = False  # one hot pixel in one frame
+    return x, v
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy", ".tif"])
+def test_round_trip(tmp_path, suffix):
+    x, v = data_and_valid()
+    out = tmp_path / f"res{suffix}"
+    with ResultWriter(out, SHAPE, 2, provenance=prov()) as w:
+        flat_x, flat_v = x.reshape(6, 16, 20), v.reshape(6, 16, 20)
+        w.write(0, flat_x[:4], flat_v[:4])  # a block crossing a scan row
+        w.write(4, flat_x[4:], flat_v[4:])
+        assert w.n_done == 6
+    data, valid, p = read_result(out)
+    data, valid = np.asarray(data), np.asarray(valid).astype(bool)
+    assert data.shape == SHAPE and data.dtype == np.float32
+    np.testing.assert_array_equal(valid, v)
+    np.testing.assert_array_equal(data[v], x[v])
+    assert np.isnan(data[~v]).all()
+    assert p["config"] == CONFIG and p["version"] == __version__ and p["method"] == "n2s"
+    assert p["input_file"] == "/data/scan_master.h5" and "created" in p
+    assert not part_path(out).exists()
+
+
+def test_hdf5_layout(tmp_path):
+    x, v = data_and_valid()
+    out = tmp_path / "r.nxs"
+    write_array(out, x, v, provenance=prov())
+    with h5py.File(out, "r") as f:
+        d = f["entry/data/data"]
+        assert d.chunks == (1, 1, 16, 20) and d.compression == "gzip" and d.shuffle
+        assert f["entry/data/valid"].dtype == np.uint8 and f["entry/data/valid"].compression == "gzip"
+        assert f["entry"].attrs["NX_class"] == "NXentry" and f["entry/data"].attrs["NX_class"] == "NXdata"
+        assert f["entry"].attrs["n_done"] == 6 and f["entry"].attrs["complete"] == 1
+        assert f["entry/provenance/config"][()].decode() == CONFIG
+        assert f["entry/provenance/version"][()].decode() == __version__
+
+
+def test_spectra_and_static_validity(tmp_path):
+    sp = np.random.default_rng(1).poisson(3, size=(40, 256)).astype(np.float32)
+    keep = np.ones(256, bool)
+    keep[:5] = False
+    out = tmp_path / "s.h5"
+    write_array(out, sp, keep, provenance=prov(), frame_ndim=1)
+    d, valid, _ = read_result(out)
+    assert d.shape == (40, 256) and valid.shape == (256,)
+    np.testing.assert_array_equal(np.asarray(valid).astype(bool), keep)
+    assert np.isnan(np.asarray(d)[:, :5]).all()
+    np.testing.assert_array_equal(np.asarray(d)[:, 5:], sp[:, 5:])
+
+
+def test_dask_input_streams(tmp_path):
+    x, _ = data_and_valid()
+    lazy = da.from_array(x, chunks=(1, 1, 16, 20))
+    out = write_array(tmp_path / "d.npy", lazy)
+    np.testing.assert_array_equal(np.load(out), x)
+
+
+def test_refuses_to_overwrite(tmp_path):
+    x, v = data_and_valid()
+    out = tmp_path / "r.h5"
+    write_array(out, x, v, provenance=prov())
+    with pytest.raises(XRDError, match="output exists; pass --overwrite"):
+        write_array(out, x, v, provenance=prov())
+    write_array(out, 2 * x, v, provenance=prov(), overwrite=True)
+    np.testing.assert_array_equal(np.asarray(read_result(out)[0])[v], 2 * x[v])
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy", ".tif"])
+def test_atomic_abort_and_exception(tmp_path, suffix):
+    x, v = data_and_valid()
+    out = tmp_path / f"r{suffix}"
+    w = ResultWriter(out, SHAPE, 2, provenance=prov())
+    w.write(0, x.reshape(6, 16, 20)[:3])
+    assert not out.exists() and part_path(out).exists()
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="boom"):
+        with ResultWriter(out, SHAPE, 2, provenance=prov()) as w:
+            w.write(0, x.reshape(6, 16, 20)[:2])
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy"])
+def test_resume_reopens_part(tmp_path, suffix):
+    x, v = data_and_valid()
+    fx, fv = x.reshape(6, 16, 20), v.reshape(6, 16, 20)
+    out = tmp_path / f"r{suffix}"
+    w = ResultWriter(out, SHAPE, 2, provenance=prov())
+    w.write(0, fx[:2], fv[:2])
+    w.write(2, fx[2:4], fv[2:4])
+    # simulate a killed run: the handles go away without close() or abort()
+    if w._h5 is not None:
+        w._h5.close()
+    w._mm = None
+    assert part_path(out).exists() and not out.exists()
+    other = ResultWriter(out, SHAPE, 2, provenance=prov(config='{"other": 1}'), resume=True)
+    assert other.n_done == 0 and not other.resumed  # a different configuration starts again
+    other.write(0, fx[:1] + 100, fv[:1])
+    if other._h5 is not None:
+        other._h5.close()
+    other._mm = None
+    w = ResultWriter(out, SHAPE, 2, provenance=prov(), resume=True)
+    assert w.n_done == 0  # the .part now belongs to the other configuration
+    w.write(0, fx[:4], fv[:4])
+    if w._h5 is not None:
+        w._h5.close()
+    w._mm = None
+    w2 = ResultWriter(out, SHAPE, 2, provenance=prov(), resume=True)
+    assert w2.resumed and w2.n_done == 4
+    w2.write(4, fx[4:], fv[4:])
+    w2.close()
+    data, valid, _ = read_result(out)
+    data = np.asarray(data)
+    np.testing.assert_array_equal(data[v], x[v])
+    assert np.isnan(data[~v]).all()
+
+
+def test_disk_full_removes_part(tmp_path, monkeypatch):
+    x, _ = data_and_valid()
+    out = tmp_path / "r.h5"
+    w = ResultWriter(out, SHAPE, 2, provenance=prov())
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(w, "_write", full)
+    with pytest.raises(XRDError, match="disk full") as e:
+        w.write(0, x.reshape(6, 16, 20)[:2])
+    assert "\n" not in str(e.value) and str(out) in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_suffix(tmp_path):
+    with pytest.raises(XRDError, match=r"r\.png: unsupported output format"):
+        ResultWriter(tmp_path / "r.png", SHAPE, 2, provenance={})
+
+
+# ------------------------------------------------------------------------------------------------
+# napari hooks
+# ------------------------------------------------------------------------------------------------
+def test_napari_reader_lazy_layers(tmp_path, monkeypatch):
+    raw = np.random.default_rng(5).poisson(2, size=(4, 20, 24)).astype(np.uint32)
+    pm = np.zeros((20, 24), np.uint32)
+    pm[:, 10] = 1
+    fn = tmp_path / "scan.h5"
+    with h5py.File(fn, "w") as f:
+        f["entry/data/data"] = raw
+        f["entry/instrument/detector/detectorSpecific/pixel_mask"] = pm
+    (tmp_path / "notes.txt").write_text("not data")
+    assert napari_io.get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_io.get_reader(str(tmp_path / "missing.h5")) is None
+    reader = napari_io.get_reader(str(fn))
+    assert callable(reader)
+    computed = []
+    orig = da.Array.compute
+    monkeypatch.setattr(da.Array, "compute", lambda self, **k: computed.append(self.shape) or orig(self, **k))
+    layers = reader(str(fn))
+    monkeypatch.undo()
+    data, attrs, kind = layers[0]
+    assert kind == "image" and isinstance(data, da.Array) and data.shape == (4, 20, 24)
+    assert all(s != (4, 20, 24) for s in computed)  # only single sample frames were read
+    assert attrs["metadata"]["source"] == str(fn) and attrs["name"] == "scan"
+    lab, lattrs, lkind = layers[1]
+    assert lkind == "labels" and lab.shape == (20, 24)
+    np.testing.assert_array_equal(lab, (pm != 0).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(data), raw)
+
+
+def test_napari_writer(tmp_path):
+    x, _ = data_and_valid()
+    out = tmp_path / "layer.h5"
+    paths = napari_io.write_image(str(out), x, {"name": "denoised", "metadata": {"source": "/data/in.h5"}})
+    assert paths == [str(out)]
+    d, valid, p = read_result(out)
+    np.testing.assert_array_equal(np.asarray(d), x)
+    assert p["layer_name"] == "denoised" and p["input_file"] == "/data/in.h5"
+    paths = napari_io.write_image(str(tmp_path / "layer.tif"), x[0, 0], {"name": "one"})
+    np.testing.assert_array_equal(read_result(paths[0])[0], x[0, 0])
