@@ -1,0 +1,77 @@
+"""Torch devices by name, with a clear message when a requested device is not available."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import DEVICES_HINT
+from .errors import ConfigError
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str | None) -> tuple[torch.device, str]:
+    """``auto|cpu|cuda|cuda:N|mps`` -> ``(device, message)``; the message says why it fell back ("" if not).
+
+    ``auto`` prefers CUDA, then MPS, then CPU. A requested but unavailable accelerator falls back to
+    the CPU with a message; a malformed name is a :class:`ConfigError` naming ``train.device``.
+    """
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda:0"), ""
+        if _mps_available():
+            return torch.device("mps"), ""
+        return torch.device("cpu"), ""
+    if name == "cpu":
+        return torch.device("cpu"), ""
+    if name == "mps":
+        if _mps_available():
+            return torch.device("mps"), ""
+        return torch.device("cpu"), "MPS requested but not available; using CPU"
+    if name == "cuda" or name.startswith("cuda:"):
+        idx = 0
+        if ":" in name:
+            try:
+                idx = int(name.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(f"train.device={name!r} is not one of: {DEVICES_HINT}") from None
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), f"{name.upper()} requested but not available; using CPU"
+        n = torch.cuda.device_count()
+        if idx >= n:
+            return torch.device("cuda:0"), f"{name} requested but only {n} CUDA device(s) exist; using cuda:0"
+        return torch.device(f"cuda:{idx}"), ""
+    raise ConfigError(f"train.device={name!r} is not one of: {DEVICES_HINT}")
+
+
+def default_threads() -> int:
+    """Torch threads for the small default models: 1 on machines with up to 4 cores, else half the cores.
+
+    Measured on a 2-core machine: the default U-Net trains faster with one thread than with two
+    (thread synchronisation costs more than it gains on 96x96 patches); see the engine report.
+    """
+    n = os.cpu_count() or 1
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    return 1 if n <= 4 else max(1, min(8, n // 2))
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """``[(name, description)]`` of the devices this machine can use, CPU first."""
+    n = os.cpu_count() or 1
+    out = [("cpu", f"CPU ({n} thread{'s' if n != 1 else ''})")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            out.append((f"cuda:{i}", f"{p.name} ({p.total_memory / 1e9:.0f} GB)"))
+    if _mps_available():
+        out.append(("mps", "Apple GPU (MPS)"))
+    return out

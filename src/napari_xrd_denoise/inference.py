@@ -1,0 +1,123 @@
+"""Streaming prediction over a whole scan with bounded memory.
+
+The flat stack is read in chunks of ``infer.chunk_frames`` frames, denoised in batches of
+``infer.batch_size`` by the model's method (single pass, J-invariant, flip TTA, neighbour input...),
+frames larger than ``infer.tile`` are tiled and blended, outputs are converted back to counts with the
+exact unbiased inverse and written chunk by chunk (NaN where invalid).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .config import InferConfig
+from .errors import Cancelled, XRDError
+from .io.stack import ScanStack
+from .methods.base import FrameSource, stack_arrays
+from .model_file import DenoiserModel
+
+
+def default_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> dict:
+    """What produced an output: package version, model config and normalisation, input file."""
+    cfg = model.config
+    return {
+        "software": "napari-xrd-denoise",
+        "version": __version__,
+        "model_version": model.version,
+        "method": cfg.method.name,
+        "config": cfg.to_json(indent=None),
+        "infer": {k: getattr(infer, k) for k in infer.__dataclass_fields__},
+        "norm": dict(model.norm),
+        "source": stack.source,
+        "dataset": stack.dataset or "",
+        "best_epoch": model.history.get("best_epoch"),
+        "best_val": model.history.get("best_val"),
+    }
+
+
+def predict_stack(
+    model: DenoiserModel,
+    stack: ScanStack,
+    output: str | Path | None = None,
+    *,
+    infer: InferConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    provenance: dict | None = None,
+    device: str | None = None,
+) -> np.ndarray | Path:
+    """Denoise every frame of ``stack``.
+
+    ``output=None``: returns a float32 array of ``stack.shape`` (counts, NaN where invalid).
+    ``output`` path (``.h5``/``.npy``/``.tif``): streams through ``io.writers.ResultWriter`` and returns
+    the path; ``resume=True`` continues an interrupted output from the writer's ``n_done``.
+    ``progress(done, total)`` is called after every chunk; setting ``cancel`` stops between batches,
+    aborts the writer (no output file is left) and raises :class:`~napari_xrd_denoise.errors.Cancelled`.
+    """
+    inf = infer or model.config.infer
+    if device is not None:
+        model.to(device)
+    if stack.frame_ndim != model.frame_ndim:
+        raise XRDError(f"{stack.label}: the model denoises {model.frame_ndim}D frames but the data have {stack.frame_ndim}D frames")
+    stack.check_denoisable()
+    method = model.method
+    n = stack.n_frames
+    chunk = max(1, int(inf.chunk_frames))
+    bs = max(1, int(inf.batch_size))
+    extra = 2 * chunk if method.needs_context else 0
+    source = FrameSource(stack, cache_frames=chunk + extra + 16)
+    run = model.runner(inf)
+    flat = stack.flat()
+
+    writer = None
+    result = None
+    if output is None:
+        result = np.empty((n,) + stack.frame_shape, dtype=np.float32)
+        start = 0
+    else:
+        from .io.writers import ResultWriter
+
+        prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
+        writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
+        start = int(writer.n_done) if resume else 0
+    done = start
+    try:
+        if progress is not None:
+            progress(done, n)
+        for c0 in range(start, n, chunk):
+            c1 = min(n, c0 + chunk)
+            raw = np.asarray(flat[c0:c1].compute())
+            counts, valid = stack.counts(raw)
+            for i in range(c1 - c0):
+                source.put(c0 + i, counts[i], valid[i])
+            out = np.empty(counts.shape, dtype=np.float32)
+            for b0 in range(c0, c1, bs):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("prediction cancelled")
+                b1 = min(c1, b0 + bs)
+                batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
+                out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
+            if writer is not None:
+                writer.write(c0, out, valid)
+            else:
+                result[c0:c1] = out
+            done = c1
+            if progress is not None:
+                progress(done, n)
+            if cancel is not None and cancel.is_set() and done < n:
+                raise Cancelled("prediction cancelled")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+        return Path(output)
+    return result.reshape(stack.shape)

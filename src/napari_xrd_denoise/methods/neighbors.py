@@ -1,0 +1,238 @@
+"""Neighbour-scan blind spot (4D-STEM, fine XRD maps): predict a frame from the frames around it.
+
+Neighbouring scan positions see nearly the same diffraction pattern but carry independent counting
+noise. The network input is the ``n`` neighbouring frames (``method.neighbors`` = 4, 8 or 24; see
+:mod:`physics.neighbors` for the offsets and the border rule) stacked as channels, on the network
+scale; the target is the centre frame, which is never part of the input, so its noise cannot be
+copied and every pixel of every frame (borders included) can enter the loss and be denoised.
+
+Loss (``method.loss = auto``): MSE on the network scale for ``method.warmup_epochs`` epochs, then the
+Poisson NLL (as a deviance) on the centre frame's counts plus the founding method's count-keeping
+constraints, per pattern (patch) of ``N`` valid pixels with predicted / measured sums ``S_p`` / ``S_t``:
+``0.02 (S_p/N - S_t/N)**2`` (means) and ``0.01 (S_p - S_t)**2 / (S_t N)`` (the sum error in units of
+its own Poisson variance ``S_t``, per pixel). The sum term is scaled this way because ``S_t`` carries
+counting noise of variance ``S_t``: the raw squared sum error (or the sum error per pixel) pushes all
+pixels of a patch together with that noise, and cost 3 dB of PSNR on the synthetic 6x6 scan of
+docs/methods.md, while plain Poisson already kept the total counts within 1 %. The Poisson stage is
+used only for integer count data with the Anscombe / GAT transform; other data keep MSE throughout.
+The loss space actually used is written back into ``method.loss`` at every epoch, so a saved model
+converts its outputs with the right link.
+
+``method.combine_n2s``: the centre frame is added as a last channel with a Noise2Self grid phase
+hidden (replaced as ``method.replace``), and only the hidden valid pixels enter the loss. Single-pass
+inference then sees the centre frame; ``infer.j_invariant`` sums over all grid phases instead.
+
+Iterative refinement (``method.cycles > 1``) is driven by :mod:`napari_xrd_denoise.refine`; it swaps
+the neighbour frames for leak-free estimates through :attr:`NeighborScan.context_provider`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..config import InferConfig
+from ..errors import XRDError
+from ..io.stack import ScanStack
+from ..physics.neighbors import neighbor_indices
+from .base import FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
+from .symmetry import LoadCache
+
+MEAN_WEIGHT = 0.02
+SUM_WEIGHT = 0.01
+
+#: ``provider(index, source) -> (context counts (n, *frame), context validity (n, *frame))``
+ContextProvider = Callable[[int, FrameSource], tuple[np.ndarray, np.ndarray]]
+
+
+def scan_grid(config, source: FrameSource) -> tuple[int, ...]:
+    """The 2-D scan grid of ``source``: its own, or ``data.scan_shape`` for a flat stack of that size."""
+    scan = tuple(source.scan_shape)
+    if len(scan) == 2:
+        return scan
+    want = config.data.scan_shape
+    if want is not None and len(want) == 2 and int(np.prod(want)) == source.n_frames:
+        return (int(want[0]), int(want[1]))
+    raise XRDError(
+        f"method.name='neighbors' needs the 2-D scan grid of the {source.n_frames} frames: give --scan-shape "
+        f"ROWSxCOLS (1xN for a line scan)"
+    )
+
+
+class NeighborScan(Method):
+    """Blind spot across the scan: input the neighbouring frames, target the centre frame."""
+
+    name = "neighbors"
+    needs_context = True
+
+    def __init__(self, config, *, frame_ndim=None, norm=None):
+        super().__init__(config, frame_ndim=frame_ndim, norm=norm)
+        self._loss_choice = self.mc.loss
+        self._integer = True
+        self._tables: dict[tuple, np.ndarray] = {}
+        self._cache = LoadCache()
+        self.context_provider: ContextProvider | None = None
+        self.messages: list[str] = []
+
+    # ---- channels and loss -------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self.mc.neighbors)
+
+    @property
+    def in_channels(self) -> int:
+        return self.n + (1 if self.mc.combine_n2s else 0)
+
+    def default_loss(self) -> str:
+        return "poisson"
+
+    def poisson_ok(self) -> bool:
+        return super().poisson_ok() and self._integer
+
+    def final_space(self) -> str:
+        want = self._loss_choice
+        if want == "auto":
+            want = self.default_loss()
+        if want == "poisson" and not self.poisson_ok():
+            want = "mse"
+        return want
+
+    def loss_space(self, epoch: int | None = None) -> str:
+        """Training: MSE during the warm-up epochs, then :meth:`final_space`. ``epoch=None`` (inference,
+        previews): the space of the latest epoch, which :meth:`begin_epoch` records in ``method.loss``."""
+        if epoch is None:
+            cur = self.mc.loss
+            if cur == "auto":
+                return self.final_space()
+            return "mse" if (cur == "poisson" and not self.poisson_ok()) else cur
+        want = self.final_space()
+        if want == "poisson" and epoch < int(self.mc.warmup_epochs):
+            return "mse"
+        return want
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        # the saved config must name the space the (latest) weights were trained in
+        self.mc.loss = self.loss_space(epoch)
+
+    def loss(self, out, target, weight, scale, space: str):
+        """The training loss on a torch batch (``out``: network output ``(B, 1, *patch)``).
+
+        MSE space: the weighted MSE. Poisson space: the Poisson deviance of ``rate = scale * link(out)``
+        plus the per-pattern mean and sum constraints of the module docstring.
+        """
+        import torch
+
+        from ..losses import link_rate, masked_mse, poisson_deviance
+
+        out = out.float()
+        if space != "poisson":
+            return masked_mse(out, target, weight)
+        rate = scale * link_rate(out, self.norm.mean, self.norm.std, self.norm.transform)
+        base = poisson_deviance(rate, target, weight)
+        w = (weight > 0).to(rate.dtype)
+        dims = tuple(range(1, rate.ndim))
+        npx = w.sum(dim=dims).clamp(min=1.0)
+        s_pred = (rate * w).sum(dim=dims)
+        s_true = (torch.where(w > 0, target, torch.zeros_like(target)) * w).sum(dim=dims)
+        d = s_pred - s_true
+        mean_term = ((d / npx) ** 2).mean()
+        sum_term = (d * d / (s_true.clamp(min=1.0) * npx)).mean()
+        return base + MEAN_WEIGHT * mean_term + SUM_WEIGHT * sum_term
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def check(self, stack: ScanStack) -> None:
+        super().check(stack)
+        scan = stack.scan_shape
+        if len(scan) != 2:
+            raise XRDError(
+                f"{stack.label}: method.name='neighbors' needs the 2-D scan grid: give --scan-shape ROWSxCOLS "
+                f"(e.g. 141x121 for 17061 frames; 1xN for a line scan)"
+            )
+        neighbor_indices(scan, self.n)  # raises XRDError naming --scan-shape when too small
+        from . import _is_integer_data
+
+        self._integer = (
+            self.norm.transform in ("anscombe", "gat") and not stack.keep_negatives and _is_integer_data(stack)
+        )
+        if self._loss_choice == "poisson" and not self._integer:
+            self.messages.append(
+                "method.loss=poisson needs integer counts; these data are not, so the MSE loss is used"
+            )
+
+    def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
+        super().attach(source, reference)
+        self._cache.clear()
+
+    def neighbors_of(self, index: int, source: FrameSource) -> np.ndarray:
+        grid = scan_grid(self.config, source)
+        key = (grid, self.n)
+        tab = self._tables.get(key)
+        if tab is None:
+            tab = neighbor_indices(grid, self.n)
+            self._tables[key] = tab
+        return tab[int(index)]
+
+    def raw_context(self, index: int, source: FrameSource) -> tuple[np.ndarray, np.ndarray]:
+        return source.get_many(self.neighbors_of(index, source))
+
+    # ---- samples -----------------------------------------------------------------------------------
+    def load(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
+        provider = self.context_provider
+        key = (id(source), id(provider), int(index))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        c, v = source.get(index)
+        if provider is None:
+            ctx, cv = self.raw_context(index, source)
+        else:
+            ctx, cv = provider(int(index), source)
+        out = {"counts": c, "valid": v, "context": np.asarray(ctx, dtype=np.float32), "context_valid": np.asarray(cv, dtype=bool)}
+        self._cache.put(key, out)
+        return out
+
+    def load_infer(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
+        return self.load(index, source)
+
+    def make_sample(self, arrays, rng, space) -> Sample:
+        c, v = arrays["counts"], arrays["valid"]
+        x = self.norm.to_net(arrays["context"], arrays["context_valid"])
+        weight = v
+        if self.mc.combine_n2s:
+            w = int(self.mc.mask_width)
+            hidden = grid_mask(v.shape, w, int(rng.integers(n_phases(w, self.ndim))))
+            centre = replace_hidden(self.norm.to_net(c, v), hidden, v, self.mc.replace, rng)
+            x = np.concatenate([x, centre[None]], axis=0)
+            weight = v & hidden
+        target = self.target_from_counts(c, v, space)
+        return Sample(x.astype(np.float32), target, weight.astype(np.float32))
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def net_input(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        x = self.norm.to_net(batch["context"], batch["context_valid"])
+        if self.mc.combine_n2s:
+            x = np.concatenate([x, self.norm.to_net(batch["counts"], batch["valid"])[:, None]], axis=1)
+        return x.astype(np.float32)
+
+    def predict(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
+        if not (self.mc.combine_n2s and infer.j_invariant):
+            return super().predict(run, batch, infer)
+        x = self.net_input(batch)
+        valid = batch["valid"]
+        frame = valid.shape[1:]
+        w = int(self.mc.mask_width)
+        rng = np.random.default_rng(0)
+        out = np.zeros(valid.shape, dtype=np.float32)
+        for ph in range(n_phases(w, self.ndim)):
+            m = grid_mask(frame, w, ph)
+            xi = x.copy()
+            for b in range(x.shape[0]):
+                xi[b, -1] = replace_hidden(x[b, -1], m, valid[b], self.mc.replace, rng)
+            yi = flip_tta(run, xi, self.ndim) if infer.tta else run(xi)
+            out[:, m] = yi[:, m]
+        return out
+
+
+METHOD = NeighborScan

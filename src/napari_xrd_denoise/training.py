@@ -1,0 +1,503 @@
+"""The training loop: any :class:`~napari_xrd_denoise.methods.base.Method`, events, cancel, checkpoints.
+
+The trainer reads frames lazily (an LRU cache of decoded frames, a bounded number of frames per epoch),
+draws random crops with rot90 / flip augmentation from one seeded generator, optimises with AdamW and a
+cosine schedule with ``restarts`` cycles stepped once per optimiser step, validates on held-out frames
+(or held-out pixels of a single frame) with a deterministic loss, stops early, restores the best
+weights, and reports through :class:`TrainEvent` callbacks (possibly from the training thread).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config
+from .devices import default_threads, resolve_device
+from .errors import XRDError
+from .io.atomic import atomic_path
+from .io.stack import ScanStack
+from .losses import link_rate, masked_mse, poisson_deviance
+from .methods import build_method, resolve_auto
+from .methods.base import (
+    FrameSource,
+    Method,
+    Normalizer,
+    Sample,
+    augment_arrays,
+    crop_arrays,
+    patch_size_for,
+    stack_arrays,
+)
+from .model_file import DenoiserModel
+from .models import build_model
+
+CACHE_BYTES = 512 * 2**20  # decoded frames kept in memory while training
+VAL_SEED_OFFSET = 7919
+HOLDOUT_KEY = "_holdout"
+
+
+@dataclass
+class TrainEvent:
+    """A progress report from :class:`Trainer` (``kind``: start, step, epoch, preview, message, done, cancelled)."""
+
+    kind: str
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    preview: np.ndarray | None = None
+    message: str = ""
+
+
+def cosine_factor(step: int, period: int, floor: float = 0.01) -> float:
+    """Learning-rate factor of a cosine cycle of ``period`` steps restarting at every multiple of it:
+    1 at the start of each cycle, decaying to ``floor`` at its end."""
+    period = max(1, int(period))
+    t = (int(step) % period) / period
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def schedule_period(total_steps: int, restarts: int) -> int:
+    return max(1, int(math.ceil(total_steps / max(1, int(restarts)))))
+
+
+class Trainer:
+    """Train a denoiser on ``stack`` with ``config``; see the module docstring.
+
+    ``reference``: paired high-SNR frames (supervised). ``init_model``: fine-tune a saved model (its
+    architecture and normalisation are kept). ``preview_index``: flat index of the frame denoised for
+    preview events (default: the middle frame). ``checkpoint``: file written atomically after every
+    epoch (default ``train.checkpoint_dir/checkpoint.pt`` when that is set); ``resume=True`` continues
+    from it (weights, optimiser, schedule, epoch, random state).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        stack: ScanStack,
+        *,
+        callback: Callable[[TrainEvent], None] | None = None,
+        reference: ScanStack | None = None,
+        init_model: DenoiserModel | None = None,
+        preview_index: int | None = None,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+    ):
+        cfg = Config.from_dict(config.to_dict())
+        cfg.data.ndim = int(stack.frame_ndim)
+        stack.check_denoisable()
+        cfg.method.name = resolve_auto(cfg, stack)
+        if init_model is not None:
+            if init_model.frame_ndim != stack.frame_ndim:
+                raise XRDError(
+                    f"method.init_model: the model denoises {init_model.frame_ndim}D frames but {stack.label} has {stack.frame_ndim}D frames"
+                )
+            cfg.model = copy.deepcopy(init_model.config.model)
+        self.config = cfg
+        self.stack = stack
+        self.callback = callback
+        self.init_model = init_model
+        self._cancel = threading.Event()
+        self.resume = bool(resume)
+        tc = cfg.train
+        if checkpoint is None and tc.checkpoint_dir:
+            checkpoint = Path(tc.checkpoint_dir) / "checkpoint.pt"
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.resume and (self.checkpoint is None or not self.checkpoint.is_file()):
+            raise XRDError(f"{self.checkpoint or 'train.checkpoint_dir'}: no checkpoint to resume from")
+        self.device, self.device_message = resolve_device(tc.device)
+        self.threads = int(tc.threads) if tc.threads else default_threads()
+
+        frame_bytes = int(np.prod(stack.frame_shape)) * 5
+        cache = int(min(256, max(4, CACHE_BYTES // max(1, frame_bytes))))
+        self.source = FrameSource(stack, cache_frames=cache)
+        self.ref_source = FrameSource(reference, cache_frames=cache) if reference is not None else None
+        if init_model is not None:
+            norm = init_model.normalizer
+        else:
+            norm = Normalizer.fit(cfg, self.source)
+        self.norm = norm
+        self.method: Method = build_method(cfg, stack, norm=norm)
+        self.method.check(stack)
+        self.method.attach(self.source, self.ref_source)
+        cfg.model.in_channels = int(self.method.in_channels)
+        self.residual_note = ""
+        if cfg.model.residual and not self.method.allow_residual:
+            cfg.model.residual = False
+            self.residual_note = f"model.residual turned off: {cfg.method.name} is a blind-spot method"
+        self.preview_index = (
+            int(preview_index) if preview_index is not None else stack.n_frames // 2
+        )
+        if not 0 <= self.preview_index < stack.n_frames:
+            raise XRDError(f"preview frame {self.preview_index} is outside 0..{stack.n_frames - 1} of {stack.label}")
+        self.frames_per_epoch_cap = max(1, cache // 2)
+        self.net: torch.nn.Module | None = None
+        self.history: dict[str, Any] = {}
+
+    # ---- control ------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask :meth:`run` to stop; it returns within about a second with the best model so far."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def _emit(self, kind: str, **kw) -> None:
+        if self.callback is not None:
+            self.callback(TrainEvent(kind=kind, **kw))
+
+    # ---- data -----------------------------------------------------------------------------------------
+    def _split_frames(self) -> None:
+        cfg = self.config.train
+        idx = np.asarray(self.method.train_indices(self.source), dtype=int)
+        if idx.size == 0:
+            raise XRDError(f"{self.stack.label}: method.name={self.config.method.name!r} found no frames to train on")
+        rng = np.random.default_rng(cfg.seed + VAL_SEED_OFFSET)
+        self.holdout = None
+        if idx.size >= 2 and cfg.val_fraction > 0:
+            n_val = min(idx.size - 1, max(1, int(round(cfg.val_fraction * idx.size))))
+            val = np.sort(rng.choice(idx, size=n_val, replace=False))
+            self.train_frames = np.setdiff1d(idx, val)
+            self.val_frames = val
+        elif idx.size == 1 and cfg.val_fraction > 0:
+            # a single frame: hold out blocks of pixels (never in the training loss)
+            self.train_frames = idx
+            self.val_frames = idx
+            shape = self.source.frame_shape
+            b = max(4, min(self.patch) // 4)
+            grid = tuple(int(math.ceil(s / b)) for s in shape)
+            frac = max(float(cfg.val_fraction), 0.05)
+            blocks = rng.random(grid) < frac
+            if not blocks.any():
+                blocks.flat[rng.integers(blocks.size)] = True
+            hold = blocks
+            for ax in range(len(shape)):
+                hold = np.repeat(hold, b, axis=ax)
+            self.holdout = np.ascontiguousarray(hold[tuple(slice(0, s) for s in shape)])
+        else:
+            self.train_frames = idx
+            self.val_frames = np.array([], dtype=int)
+
+    def _draw(self, frame: int, rng: np.random.Generator, space: str, augment: bool, train: bool,
+              start: tuple[int, ...] | None = None) -> Sample:
+        arrays = dict(self.method.load(int(frame), self.source))
+        if self.holdout is not None:
+            arrays[HOLDOUT_KEY] = self.holdout
+        shape = self.source.frame_shape
+        if start is None:
+            start = tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch))
+        arrays = crop_arrays(arrays, start, self.patch)
+        nd = len(shape)
+        if augment:
+            k = int(rng.integers(4)) if (nd == 2 and self.patch[0] == self.patch[1]) else 0
+            flips = tuple(bool(f) for f in rng.integers(0, 2, size=nd))
+            arrays = augment_arrays(arrays, nd, k, flips)
+        hold = arrays.pop(HOLDOUT_KEY, None)
+        s = self.method.make_sample(arrays, rng, space)
+        if hold is not None:
+            keep = hold if not train else ~hold
+            s.weight = s.weight * keep.astype(np.float32)
+        return s
+
+    def _collate(self, samples: list[Sample]) -> tuple[torch.Tensor, ...]:
+        dev = self.device
+        x = torch.from_numpy(np.stack([s.input for s in samples]).astype(np.float32)).to(dev)
+        t = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32)).to(dev)
+        w = torch.from_numpy(np.stack([s.weight for s in samples])[:, None].astype(np.float32)).to(dev)
+        sc = torch.tensor([s.scale for s in samples], dtype=torch.float32, device=dev)
+        sc = sc.view((-1,) + (1,) * (x.ndim - 1))
+        return x, t, w, sc
+
+    def _loss(self, out: torch.Tensor, t: torch.Tensor, w: torch.Tensor, sc: torch.Tensor, space: str) -> torch.Tensor:
+        out = out.float()
+        if space == "poisson":
+            rate = sc * link_rate(out, self.norm.mean, self.norm.std, self.norm.transform)
+            return poisson_deviance(rate, t, w)
+        return masked_mse(out, t, w)
+
+    def _val_plan(self) -> list[tuple[int, tuple[int, ...]]]:
+        """Fixed (frame, window start) pairs of the validation patches."""
+        cfg = self.config.train
+        rng = np.random.default_rng(cfg.seed + 2 * VAL_SEED_OFFSET)
+        shape = self.source.frame_shape
+        n = int(min(32, max(4, 2 * cfg.batch_size)))
+        if self.val_frames.size == 0:
+            return []
+        plan = []
+        if self.holdout is not None:
+            # windows centred on held-out pixels
+            pts = np.argwhere(self.holdout)
+            for _ in range(n):
+                c = pts[rng.integers(len(pts))]
+                st = tuple(int(np.clip(ci - p // 2, 0, s - p)) for ci, p, s in zip(c, self.patch, shape))
+                plan.append((int(self.val_frames[0]), st))
+            return plan
+        for j in range(n):
+            f = int(self.val_frames[j % self.val_frames.size])
+            st = tuple(int(rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch))
+            plan.append((f, st))
+        return plan
+
+    @torch.no_grad()
+    def _validate(self, space: str) -> float | None:
+        if not self.val_plan:
+            return None
+        rng = np.random.default_rng(self.config.train.seed + 3 * VAL_SEED_OFFSET)
+        net = self.net
+        net.eval()
+        tot, n = 0.0, 0
+        bs = self.config.train.batch_size
+        try:
+            for j in range(0, len(self.val_plan), bs):
+                if self._cancel.is_set():
+                    return None
+                samples = [self._draw(f, rng, space, False, False, start=st) for f, st in self.val_plan[j : j + bs]]
+                x, t, w, sc = self._collate(samples)
+                with self._autocast():
+                    out = net(x)
+                tot += float(self._loss(out, t, w, sc, space)) * len(samples)
+                n += len(samples)
+        finally:
+            net.train()
+        return tot / max(1, n)
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+
+    # ---- models ---------------------------------------------------------------------------------------
+    def _model(self, net: torch.nn.Module | None = None) -> DenoiserModel:
+        net = net or self.net
+        return DenoiserModel(self.config, net, self.norm.to_dict(), version=__version__,
+                             history=self.history, device=self.device)
+
+    def _preview(self) -> np.ndarray:
+        """The preview frame denoised in counts by the current weights, single pass (the base
+        :meth:`Method.denoise`, cheap; multi-pass inference is left to the final prediction)."""
+        try:
+            m = self._model()
+            batch = stack_arrays([self.method.load_infer(self.preview_index, self.source)])
+            inf = copy.deepcopy(self.config.infer)
+            inf.j_invariant = False
+            inf.tta = False
+            return Method.denoise(self.method, m.runner(inf), batch, inf)[0]
+        finally:
+            self.net.train()
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def _save_checkpoint(self, epoch: int, step: int, rng: np.random.Generator, opt, sched, scaler, best) -> None:
+        if self.checkpoint is None:
+            return
+        d = {
+            "format": "napari-xrd-denoise-checkpoint",
+            "version": __version__,
+            "config": self.config.to_json(indent=None),
+            "norm": self.norm.to_dict(),
+            "epoch": int(epoch),
+            "step": int(step),
+            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "best": best,
+            "history": self.history,
+            "np_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "elapsed_s": self._elapsed(),
+        }
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.checkpoint, overwrite=True) as tmp:
+            torch.save(d, tmp)
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        try:
+            d = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any failure means the file is not usable
+            raise XRDError(f"{self.checkpoint}: not a usable training checkpoint ({type(e).__name__})") from None
+        if not isinstance(d, dict) or d.get("format") != "napari-xrd-denoise-checkpoint":
+            raise XRDError(f"{self.checkpoint}: not a napari-xrd-denoise training checkpoint")
+        old = Config.from_dict(__import__("json").loads(d["config"]))
+        if old.model != self.config.model or old.method.name != self.config.method.name:
+            raise XRDError(f"{self.checkpoint}: checkpoint was made with a different method or model; cannot resume")
+        return d
+
+    def _elapsed(self) -> float:
+        return self._elapsed0 + (time.monotonic() - self._t0)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def run(self) -> DenoiserModel:
+        """Train; returns the model with the best validation loss (or the last one without validation)."""
+        cfg = self.config
+        tc = cfg.train
+        prev_threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, self.threads))
+        try:
+            return self._run(cfg, tc)
+        finally:
+            if self.device.type == "cpu":
+                torch.set_num_threads(prev_threads)
+
+    def _run(self, cfg: Config, tc) -> DenoiserModel:
+        self._t0 = time.monotonic()
+        self._elapsed0 = 0.0
+        torch.manual_seed(tc.seed)
+        rng = np.random.default_rng(tc.seed)
+        self.patch = patch_size_for(self.source.frame_shape, tc.patch_size)
+        self._split_frames()
+        self.val_plan = self._val_plan()
+
+        net = build_model(cfg.model, cfg.data.ndim, in_channels=cfg.model.in_channels)
+        if self.init_model is not None:
+            try:
+                net.load_state_dict(self.init_model.net.state_dict())
+            except RuntimeError:
+                raise XRDError("method.init_model: the saved model's architecture does not match this method") from None
+        self.net = net.to(self.device)
+        self.use_amp = bool(tc.amp and self.device.type == "cuda")
+        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        total = int(tc.epochs * tc.steps_per_epoch)
+        period = schedule_period(total, tc.restarts)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, period))
+        scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+
+        self.history = {"train_loss": [], "val_loss": [], "lr": [], "loss_space": [], "epoch_s": [],
+                        "best_epoch": None, "best_val": None, "method": cfg.method.name,
+                        "train_frames": int(self.train_frames.size), "val_frames": int(self.val_frames.size)}
+        best: dict[str, Any] = {"val": math.inf, "epoch": -1, "state": None, "space": None}
+        start_epoch, step = 0, 0
+        if self.resume:
+            d = self._load_checkpoint()
+            net.load_state_dict(d["net"])
+            opt.load_state_dict(d["optimizer"])
+            sched.load_state_dict(d["scheduler"])
+            if scaler is not None and d.get("scaler"):
+                scaler.load_state_dict(d["scaler"])
+            rng.bit_generator.state = d["np_rng"]
+            torch.set_rng_state(d["torch_rng"])
+            self.history = d["history"]
+            best = d["best"]
+            start_epoch, step = int(d["epoch"]) + 1, int(d["step"])
+            self._elapsed0 = float(d.get("elapsed_s", 0.0))
+
+        for msg in (self.device_message, self.residual_note):
+            if msg:
+                self._emit("message", message=msg)
+        self._emit("start", epoch=start_epoch, epochs=tc.epochs, step=step, total_steps=total,
+                   message=f"{cfg.method.name} on {self.device}, {self.train_frames.size} training frame(s)"
+                   + (", resumed" if self.resume else ""))
+        net.train()
+        stopped, stale = "", 0
+        if best.get("epoch", -1) >= 0 and self.history["val_loss"]:
+            stale = len(self.history["val_loss"]) - 1 - best["epoch"]
+        step_every = max(1, min(10, tc.steps_per_epoch // 5))
+        steps_done_now = 0
+        epoch = start_epoch
+        for epoch in range(start_epoch, tc.epochs):
+            t_ep = time.monotonic()
+            self.method.begin_epoch(epoch)
+            space = self.method.loss_space(epoch)
+            if best.get("space") not in (None, space):
+                best = {"val": math.inf, "epoch": -1, "state": None, "space": space}  # the loss changed meaning
+                stale = 0
+            n_fr = min(self.train_frames.size, self.frames_per_epoch_cap)
+            frames = rng.choice(self.train_frames, size=n_fr, replace=False)
+            losses = []
+            for _ in range(tc.steps_per_epoch):
+                if self._cancel.is_set():
+                    stopped = "cancelled"
+                    break
+                samples = [self._draw(int(frames[rng.integers(n_fr)]), rng, space, tc.augment, True)
+                           for _ in range(tc.batch_size)]
+                x, t, w, sc = self._collate(samples)
+                opt.zero_grad(set_to_none=True)
+                with self._autocast():
+                    out = net(x)
+                loss = self._loss(out, t, w, sc, space)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                sched.step()
+                step += 1
+                steps_done_now += 1
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    stopped = "diverged"
+                    break
+                losses.append(lv)
+                el = self._elapsed()
+                eta = (time.monotonic() - self._t0) / steps_done_now * (total - step)
+                if step % step_every == 0:
+                    self._emit("step", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
+                               train_loss=float(np.mean(losses[-step_every:])), elapsed_s=el, eta_s=eta)
+                if tc.preview_every and step % tc.preview_every == 0 and self.callback is not None:
+                    self._emit("preview", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
+                               elapsed_s=el, eta_s=eta, preview=self._preview())
+                if tc.max_minutes and el > tc.max_minutes * 60:
+                    stopped = "time"
+                    break
+            if stopped in ("cancelled", "diverged"):
+                break
+            if not losses:
+                break
+            val = self._validate(space)
+            if self._cancel.is_set():
+                stopped = "cancelled"
+                break
+            tr = float(np.mean(losses))
+            self.history["train_loss"].append(tr)
+            self.history["val_loss"].append(val)
+            self.history["lr"].append(float(opt.param_groups[0]["lr"]))
+            self.history["loss_space"].append(space)
+            self.history["epoch_s"].append(time.monotonic() - t_ep)
+            score = val if val is not None else tr
+            if score < best["val"]:
+                best = {"val": score, "epoch": epoch, "space": space,
+                        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+                stale = 0
+            else:
+                stale += 1
+            self.history["best_epoch"], self.history["best_val"] = int(best["epoch"]), float(best["val"])
+            el = self._elapsed()
+            self._emit("epoch", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total, train_loss=tr,
+                       val_loss=val, elapsed_s=el, eta_s=(time.monotonic() - self._t0) / max(1, steps_done_now) * (total - step))
+            self._save_checkpoint(epoch, step, rng, opt, sched, scaler, best)
+            if stopped == "time":
+                self._emit("message", message=f"time budget of {tc.max_minutes:g} min reached after epoch {epoch + 1}")
+                break
+            if tc.patience and stale >= tc.patience and val is not None:
+                self._emit("message", message=f"early stop: no validation improvement for {tc.patience} epochs")
+                stopped = "early"
+                break
+
+        if best.get("state") is not None:
+            net.load_state_dict(best["state"])
+        net.eval()
+        model = self._model()
+        model._method = None
+        el = self._elapsed()
+        if stopped == "diverged":
+            self._emit("message", message="training diverged (non-finite loss); kept the best weights so far (try a lower train.lr)")
+        kind = "cancelled" if stopped == "cancelled" else "done"
+        self._emit(kind, epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
+                   val_loss=self.history.get("best_val"), elapsed_s=el,
+                   message=f"best epoch {best.get('epoch', -1) + 1}" if best.get("epoch", -1) >= 0 else "")
+        return model

@@ -1,0 +1,133 @@
+"""The benchmark runner on its tiny internal configuration, and its metrics on known answers."""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_xrd_denoise import bench
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_psnr_known_values():
+    ref = np.full((1, 10, 10), 100.0)
+    ref[0, 0, 0] = 400.0
+    den = ref + 2.0
+    valid = np.ones_like(ref, bool)
+    assert bench.psnr(den, ref, valid, "counts") == pytest.approx(10 * math.log10(400.0**2 / 4.0))
+    # invalid pixels do not count, whatever they hold
+    den2 = den.copy()
+    den2[0, 5, 5] = 1e6
+    valid[0, 5, 5] = False
+    assert bench.psnr(den2, ref, valid, "counts") == pytest.approx(10 * math.log10(400.0**2 / 4.0))
+    assert bench.psnr(ref, ref, valid, "sqrt") == math.inf
+
+
+def test_peak_errors_measure_shift_and_area():
+    x = np.linspace(0, 50, 501)
+    ref = 5 + 100 * np.exp(-0.5 * ((x - 20) / 0.5) ** 2)
+    shifted = 5 + 100 * np.exp(-0.5 * ((x - 20.3) / 0.5) ** 2)
+    halved = 5 + 50 * np.exp(-0.5 * ((x - 20) / 0.5) ** 2)
+    dp, da = bench.peak_errors(x, shifted, ref)
+    assert dp == pytest.approx(0.3, abs=0.03) and da < 0.05
+    dp, da = bench.peak_errors(x, halved, ref)
+    assert dp < 0.01 and da == pytest.approx(0.5, abs=0.05)
+
+
+def test_thinned_reference_is_independent_and_unbiased():
+    lam = np.full((200, 200), 40.0)
+    full = np.random.default_rng(0).poisson(lam)
+    a, ref, var_ref = bench.thinned(full, np.ones_like(full, bool), 0.05, seed=1)
+    assert a.mean() == pytest.approx(2.0, rel=0.02) and ref.mean() == pytest.approx(2.0, rel=0.02)
+    assert abs(np.corrcoef(a.ravel(), ref.ravel())[0, 1]) < 0.02  # held-out counts: independent
+    assert np.var(ref - lam * 0.05) == pytest.approx(var_ref.mean(), rel=0.1)
+
+
+def _suite(rows):
+    s = bench.Suite("real-lab6", "t", "d")
+    s.rows = [dict(ok=True, fills_invalid=False, **r) for r in rows]
+    return s
+
+
+def test_goal_verdicts_follow_the_numbers():
+    good = _suite([{"method": "n2n-split (default)", "psnr_sqrt": 30.0, "profile_err": 0.1},
+                   {"method": "BM3D-Anscombe", "psnr_sqrt": 28.5, "profile_err": 0.2},
+                   {"method": "raw", "psnr_sqrt": 20.0, "profile_err": 0.15}])
+    g = {k: v for k, _, v in bench.goals({"real-lab6": good}, [])}
+    assert g["default method >= BM3D-Anscombe + 1 dB (thinned real LaB6, PSNR sqrt)"] == "MET"
+    assert g["azimuthal profile error <= raw (thinned real LaB6, default method)"] == "MET"
+    bad = _suite([{"method": "n2n-split (default)", "psnr_sqrt": 29.0, "profile_err": 0.3},
+                  {"method": "BM3D-Anscombe", "psnr_sqrt": 28.5, "profile_err": 0.2},
+                  {"method": "raw", "psnr_sqrt": 20.0, "profile_err": 0.15}])
+    g = {k: v for k, _, v in bench.goals({"real-lab6": bad}, [])}
+    assert g["default method >= BM3D-Anscombe + 1 dB (thinned real LaB6, PSNR sqrt)"] == "NOT MET"
+    assert g["azimuthal profile error <= raw (thinned real LaB6, default method)"] == "NOT MET"
+    assert any(v.startswith("n/a") for v in g.values())  # unmeasured goals are not claimed
+    speed = [{"device": "cpu", "frame": 512, "infer_fps": 3.0, "peer_infer_fps": 2.0}]
+    g = {k: v for k, _, v in bench.goals({}, speed)}
+    assert g["inference >= 2x careamics frames/s (cpu, 512x512)"] == "NOT MET"
+
+
+def _table(md: str, heading: str) -> list[list[str]]:
+    part = md.split(heading, 1)[1]
+    lines = [ln for ln in part.splitlines() if ln.startswith("|")]
+    block = []
+    for ln in part.splitlines()[1:]:
+        if ln.startswith("|"):
+            block.append([c.strip() for c in ln.strip("|").split("|")])
+        elif block:
+            break
+    assert lines, heading
+    return block
+
+
+def _num(cell: str) -> float:
+    assert re.fullmatch(r"-?\d+(\.\d+)?(e[+-]\d+)?", cell), cell
+    v = float(cell)
+    assert math.isfinite(v)
+    return v
+
+
+def test_tiny_run_writes_tables_with_finite_numbers(tmp_path):
+    path = bench.run_bench(out_dir=tmp_path, _tiny=True, progress=lambda *a: None)
+    md = path.read_text()
+    assert md.startswith("# Benchmarks (tiny run)") and "run_bench(_tiny=True" in md
+    assert "## Goals" in md and "| goal | measured | verdict |" in md
+    syn = _table(md, "### Synthetic scan, dose 'mid'")
+    head, rows = syn[0], syn[2:]
+    by = {r[0]: r for r in rows}
+    i = head.index("PSNR sqrt (dB)")
+    for name in ("raw", "gaussian (oracle sigma)", "median 3x3", "n2n-split (default)"):
+        _num(by[name][i])
+    assert by["raw"][head.index("invalid filled")] == "no"
+    # the oracle Gaussian beats the raw counts on the exact truth
+    assert _num(by["gaussian (oracle sigma)"][i]) > _num(by["raw"][i])
+    sp = _table(md, "## Speed")
+    for c in (2, 4):
+        assert _num(sp[2][c].split()[0]) > 0
+    assert (tmp_path / "bench_quality.png").stat().st_size > 5000
+    assert (tmp_path / "bench_speed.png").exists()
+    if REAL.exists():
+        real = _table(md, "### Real LaB6 frames thinned to 5 %")
+        rows = {r[0]: r for r in real[2:]}
+        _num(rows["raw"][1])
+        ideal = [r for k, r in rows.items() if k.startswith("ideal")][0]
+        assert _num(ideal[1]) > _num(rows["raw"][1])  # the ceiling is above the raw input
+        xrf = _table(md, "### Real XRF spectra")
+        xr = {r[0]: r for r in xrf[2:]}
+        # the measured file gives 2.32 for one spectrum and 1.16 for the mean of four (METHODS.md)
+        assert _num(xr["one spectrum (raw)"][1]) == pytest.approx(2.32, abs=0.01)
+        assert _num(xr["mean of the 4 spectra"][1]) == pytest.approx(1.16, abs=0.01)
+        assert (tmp_path / "bench_profiles.png").exists()

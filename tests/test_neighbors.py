@@ -1,0 +1,309 @@
+"""Neighbour-scan blind spot: neighbour tables, the blind spot, the loss, training, leak-free refinement."""
+
+import numpy as np
+import pytest
+
+from napari_xrd_denoise.config import Config
+from napari_xrd_denoise.errors import XRDError
+from napari_xrd_denoise.io.stack import ScanStack
+from napari_xrd_denoise.methods.base import FrameSource, Normalizer
+from napari_xrd_denoise.physics.neighbors import lattice_labels, neighbor_indices, neighbor_offsets
+
+
+# --------------------------------------------------------------------------------------------------
+# neighbour tables
+# --------------------------------------------------------------------------------------------------
+def test_neighbours_of_a_3x5_scan():
+    # flat index = 5 * row + col; out-of-grid offsets are reflected through the position itself
+    nb8 = neighbor_indices((3, 5), 8)
+    assert nb8.shape == (15, 8)
+    expected8 = {
+        0: [6, 5, 6, 1, 1, 6, 5, 6],  # corner (0, 0)
+        4: [8, 9, 8, 3, 3, 8, 9, 8],  # corner (0, 4)
+        7: [1, 2, 3, 6, 8, 11, 12, 13],  # interior (1, 2)
+        10: [6, 5, 6, 11, 11, 6, 5, 6],  # corner (2, 0)
+        14: [8, 9, 8, 13, 13, 8, 9, 8],  # corner (2, 4)
+        2: [6, 7, 8, 1, 3, 6, 7, 8],  # top edge (0, 2)
+        9: [3, 4, 3, 8, 8, 13, 14, 13],  # right edge (1, 4)
+    }
+    for pos, exp in expected8.items():
+        assert nb8[pos].tolist() == exp, pos
+    nb4 = neighbor_indices((3, 5), 4)
+    expected4 = {0: [5, 1, 1, 5], 4: [9, 3, 3, 9], 7: [2, 6, 8, 12], 12: [7, 11, 13, 7], 14: [9, 13, 13, 9]}
+    for pos, exp in expected4.items():
+        assert nb4[pos].tolist() == exp, pos
+    # a non-square scan is not its transpose: (5, 3) gives other neighbours
+    assert neighbor_indices((5, 3), 8)[7].tolist() == [3, 4, 5, 6, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("n, k", [(4, 1), (8, 1), (24, 2)])
+def test_offset_counts_and_no_self_neighbour(n, k):
+    offs = neighbor_offsets(n)
+    assert offs.shape == (n, 2) and not np.any((offs == 0).all(axis=1))
+    assert np.abs(offs).max() == k and len({tuple(o) for o in offs}) == n
+    for shape in [(4, 4), (5, 9), (9, 5), (7, 4), (1, 30), (30, 1)]:
+        if min(shape) == 1 and max(shape) < n:
+            continue
+        nb = neighbor_indices(shape, n)
+        total = shape[0] * shape[1]
+        assert nb.shape == (total, n)
+        assert nb.min() >= 0 and nb.max() < total
+        assert not np.any(nb == np.arange(total)[:, None])  # a position is never its own neighbour
+        lab = lattice_labels(shape, n)
+        assert not np.any(lab[nb] == lab[:, None])  # proper sub-lattice colouring
+    # interior positions have exactly the offsets (row-major scan of 9 x 11)
+    nb = neighbor_indices((9, 11), n)
+    r, c = 4, 5
+    got = sorted(nb[r * 11 + c].tolist())
+    assert got == sorted(((r + offs[:, 0]) * 11 + c + offs[:, 1]).tolist())
+
+
+def test_line_scan_fallback_and_too_small_scans():
+    assert neighbor_indices((1, 6), 4)[0].tolist() == [2, 1, 1, 2]
+    assert neighbor_indices((6,), 4)[5].tolist() == [3, 4, 4, 3]
+    with pytest.raises(XRDError, match="--scan-shape"):
+        neighbor_indices((3, 5), 24)
+    with pytest.raises(XRDError, match="--scan-shape"):
+        neighbor_indices((1, 3), 4)
+    with pytest.raises(XRDError, match="--scan-shape"):
+        neighbor_indices((1, 1), 8)
+
+
+# --------------------------------------------------------------------------------------------------
+# the method
+# --------------------------------------------------------------------------------------------------
+def _labelled_stack(rows=3, cols=5, size=16):
+    """Frame k holds the constant count k + 1: a frame's identity can be read from its pixels."""
+    frames = np.stack([np.full((size, size), k + 1, np.uint16) for k in range(rows * cols)])
+    return ScanStack.from_array(frames.reshape(rows, cols, size, size))
+
+
+def _method(**kw):
+    from napari_xrd_denoise.methods.neighbors import METHOD, NeighborScan
+
+    assert METHOD is NeighborScan
+    cfg = Config().replace(method__name="neighbors", **kw)
+    return NeighborScan(cfg, frame_ndim=2, norm=Normalizer(mean=3.0, std=2.0))
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_input_never_contains_the_centre_frame(n):
+    stack = _labelled_stack()
+    m = _method(neighbors=n)
+    m.check(stack)
+    src = FrameSource(stack)
+    m.attach(src)
+    table = neighbor_indices((3, 5), n)
+    assert m.in_channels == n
+    rng = np.random.default_rng(0)
+    for i in range(15):
+        arrays = m.load(i, src)
+        ids = arrays["context"][:, 0, 0].astype(int) - 1
+        assert ids.tolist() == table[i].tolist()
+        assert i not in ids
+        s = m.make_sample(arrays, rng, "poisson")
+        assert s.input.shape == (n, 16, 16)
+        back = np.rint(((s.input * 2.0 + 3.0) / 2.0) ** 2 - 0.375).astype(int) - 1  # frame ids from the input
+        assert i not in np.unique(back)
+        assert np.all(s.target == i + 1) and s.weight.all()
+
+
+def test_combine_n2s_hides_the_centre_where_the_loss_is():
+    stack = _labelled_stack()
+    m = _method(neighbors=4, combine_n2s=True, replace="zero")
+    m.check(stack)
+    src = FrameSource(stack)
+    m.attach(src)
+    assert m.in_channels == 5
+    s = m.make_sample(m.load(7, src), np.random.default_rng(1), "mse")
+    w = s.weight > 0
+    assert w.sum() == 16 * 16 // 16  # one grid phase of width 4
+    assert np.all(s.input[-1][w] == 0.0)  # hidden centre pixels replaced by the neutral value
+
+
+def test_method_needs_a_2d_scan_grid():
+    flat = ScanStack.from_array(np.ones((15, 16, 16), np.uint16))
+    m = _method()
+    with pytest.raises(XRDError, match="--scan-shape"):
+        m.check(flat)
+    small = ScanStack.from_array(np.ones((3, 3, 16, 16), np.uint16))
+    with pytest.raises(XRDError, match="--scan-shape"):
+        _method(neighbors=24).check(small)
+
+
+def test_poisson_only_for_integer_counts_after_warmup():
+    ints = ScanStack.from_array(np.random.default_rng(2).poisson(3.0, (3, 4, 16, 16)).astype(np.uint16))
+    m = _method(warmup_epochs=2)
+    m.check(ints)
+    assert [m.loss_space(e) for e in range(4)] == ["mse", "mse", "poisson", "poisson"]
+    m.begin_epoch(0)
+    assert m.mc.loss == "mse" and m.loss_space(None) == "mse"
+    m.begin_epoch(2)
+    assert m.mc.loss == "poisson" and m.loss_space(None) == "poisson"
+    floats = ScanStack.from_array(np.random.default_rng(2).gamma(2.0, 1.5, (3, 4, 16, 16)).astype(np.float32))
+    m = _method(warmup_epochs=2)
+    m.check(floats)
+    assert [m.loss_space(e) for e in range(4)] == ["mse"] * 4
+    m = _method(loss="poisson")
+    m.check(floats)
+    assert m.loss_space(5) == "mse" and m.messages
+
+
+def test_poisson_loss_with_count_constraints():
+    torch = pytest.importorskip("torch")
+    from napari_xrd_denoise.losses import link_rate, poisson_deviance
+
+    m = _method()
+    norm = m.norm
+    t = torch.from_numpy(np.random.default_rng(3).poisson(4.0, (2, 1, 8, 8)).astype(np.float32)) + 1.0
+    w = torch.ones_like(t)
+    w[0, 0, :2] = 0.0
+    sc = torch.ones(2, 1, 1, 1)
+
+    def out_for(rate):  # network output whose link gives ``rate``
+        s = 2.0 * torch.sqrt(rate)
+        u = s + torch.log(-torch.expm1(-s))  # softplus inverse
+        return (u - norm.mean) / norm.std
+
+    r = t.clone()
+    assert torch.allclose(link_rate(out_for(r), norm.mean, norm.std, "anscombe"), r, rtol=1e-4)
+    assert float(m.loss(out_for(r), t, w, sc, "poisson")) < 1e-4
+    r2 = 1.1 * t
+    got = float(m.loss(out_for(r2), t, w, sc, "poisson"))
+    dev = float(poisson_deviance(r2, t, w))
+    n = w.sum(dim=(1, 2, 3))
+    st = (t * w).sum(dim=(1, 2, 3))
+    d = 0.1 * st
+    expected = dev + float((0.02 * (d / n) ** 2).mean() + (0.01 * d * d / (st * n)).mean())
+    assert got == pytest.approx(expected, rel=1e-3)
+    assert float(m.loss(out_for(r2), t, w, sc, "mse")) > 0
+
+
+def test_short_training_on_a_scan_beats_raw():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from napari_xrd_denoise.inference import predict_stack
+    from napari_xrd_denoise.refine import MethodLossTrainer
+    from napari_xrd_denoise.synthetic import make_scan
+
+    scan = make_scan((6, 6), (64, 64), dose="low", seed=5)
+    stack = scan.to_stack()
+    valid = stack.valid(scan.counts)
+    truth = scan.truth
+
+    def psnr(x):
+        e = np.sqrt(np.maximum(x[valid], 0)) - np.sqrt(truth[valid])
+        return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
+
+    cfg = Config().replace(
+        method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48, width=12,
+        depth=2, lr=3e-3, warmup_epochs=1, val_fraction=0.1, patience=0, seed=1, threads=1,
+    )
+    tr = MethodLossTrainer(cfg, stack)
+    model = tr.run()
+    assert tr.history["loss_space"] == ["mse", "poisson", "poisson", "poisson"]
+    assert model.config.method.loss == "poisson"
+    out = predict_stack(model, stack)
+    assert out.shape == stack.shape
+    assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+    assert psnr(out) > psnr(scan.counts.astype(float)) + 6.0
+    # counts are kept: the total over valid pixels within 5 %
+    assert abs(np.nansum(out[valid]) / truth[valid].sum() - 1.0) < 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# leak-free refinement
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def refined():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from napari_xrd_denoise.refine import refine
+    from napari_xrd_denoise.synthetic import make_scan
+
+    scan = make_scan((4, 5), (32, 32), dose="mid", seed=1)
+    stack = scan.to_stack()
+    cfg = Config().replace(
+        method__name="neighbors", cycles=3, epochs=2, steps_per_epoch=4, train__batch_size=4, patch_size=32,
+        width=8, depth=2, warmup_epochs=1, val_fraction=0.1, patience=0, threads=1,
+    )
+    return scan, stack, refine(cfg, stack)
+
+
+def _perturbed(scan, stack, pos):
+    raw = scan.counts.copy()
+    f = raw[pos]
+    raw[pos] = np.where(f < np.iinfo(raw.dtype).max, f * 3 + 7, f)
+    return ScanStack.from_array(raw, static_valid=stack.static_valid)
+
+
+def test_refinement_prediction_at_i_never_depends_on_raw_frame_i(refined):
+    from napari_xrd_denoise.refine import refine_predict
+
+    scan, stack, res = refined
+    assert len(res.models) == 3 and res.denoised.shape == stack.shape
+    p = refine_predict(res.models, stack)
+    np.testing.assert_array_equal(p, res.denoised)  # the trained networks reproduce the refinement
+    table = neighbor_indices((4, 5), 8)
+    for pos in [(2, 2), (0, 0), (3, 4)]:
+        i = pos[0] * 5 + pos[1]
+        p2 = refine_predict(res.models, _perturbed(scan, stack, pos)).reshape(20, 32, 32)
+        pf = p.reshape(20, 32, 32)
+        np.testing.assert_array_equal(p2[i], pf[i])  # exactly unchanged at i
+        for j in set(table[i].tolist()):
+            assert np.nanmax(np.abs(p2[j] - pf[j])) > 0.1  # changed where frame i is an input
+
+
+def test_naive_refinement_leaks(refined):
+    """The founding method's scheme (shared denoised neighbours) lets frame i reach its own input."""
+    from napari_xrd_denoise.refine import _predict
+
+    scan, stack, res = refined
+    f0, f1 = res.models[0], res.models[1]
+    table = neighbor_indices((4, 5), 8)
+
+    def naive(stk):
+        src = FrameSource(stk, cache_frames=64)
+        den = np.nan_to_num(_predict(f0, None, src, np.arange(20)))
+
+        def provider(index, source):
+            c, v = source.get_many(table[index])
+            return np.where(v, 0.5 * c + 0.5 * den[table[index]], 0).astype(np.float32), v
+
+        return _predict(f1, provider, src, np.arange(20))
+
+    i = 2 * 5 + 2
+    a = naive(stack)[i]
+    b = naive(_perturbed(scan, stack, (2, 2)))[i]
+    assert np.nanmax(np.abs(a - b)) > 0.1
+
+
+def test_refinement_training_inputs_are_free_of_the_target_frame(refined):
+    """The context a target gets in training equals the lattice-free context used to predict it."""
+    from napari_xrd_denoise.refine import Estimates, LatticeContext
+
+    scan, stack, res = refined
+    table = neighbor_indices((4, 5), 8)
+    labels = lattice_labels((4, 5), 8)
+    src = FrameSource(stack)
+    est = Estimates(4, 20, (32, 32), None)
+    rng = np.random.default_rng(4)
+    est.b0[:] = rng.random(est.b0.shape)
+    d = rng.random((4, 20, 32, 32)).astype(np.float32)
+    train_ctx = LatticeContext(2, 3, est, d, labels, table)
+    for i in range(20):
+        a, _ = train_ctx(i, src)
+        b, _ = LatticeContext(2, 3, est, d, labels, table, lattice=int(labels[i]))(i, src)
+        np.testing.assert_array_equal(a, b)
+        # no estimate of the target's own lattice enters, and never raw frame i itself
+        assert not np.any(labels[table[i]] == labels[i])
+
+
+def test_refinement_needs_neighbors_and_a_grid():
+    from napari_xrd_denoise.refine import Refiner
+
+    stack = ScanStack.from_array(np.ones((4, 4, 16, 16), np.uint16))
+    with pytest.raises(XRDError, match="--method neighbors"):
+        Refiner(Config().replace(method__name="n2s", cycles=2), stack)
+    with pytest.raises(XRDError, match="--scan-shape"):
+        Refiner(Config().replace(method__name="neighbors", cycles=2), ScanStack.from_array(np.ones((16, 16, 16), np.uint16)))

@@ -1,0 +1,307 @@
+"""Friedel / mirror symmetry: operators, common validity, score, centre refinement, and the method."""
+
+import numpy as np
+import pytest
+
+from napari_xrd_denoise.config import Config
+from napari_xrd_denoise.errors import XRDError
+from napari_xrd_denoise.io.stack import ScanStack
+from napari_xrd_denoise.methods.base import FrameSource, Normalizer, augment_arrays, crop_arrays
+from napari_xrd_denoise.physics import symmetry as S
+
+
+def rings(shape, center, radii=(9.0, 17.0, 26.0, 34.0), width=2.5, amp=20.0, bg=1.0):
+    """A smooth centrosymmetric ring pattern (expected counts) about a sub-pixel centre."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    r = np.hypot(yy - center[0], xx - center[1])
+    img = bg * np.exp(-r / 50.0)
+    for k, r0 in enumerate(radii):
+        img = img + amp / (k + 1) * np.exp(-0.5 * ((r - r0) / width) ** 2)
+    return img
+
+
+def mirror_pattern(shape, center, angle_deg):
+    """Symmetric about the line through ``center`` at ``angle_deg``, but not under a 180-degree turn."""
+    t = np.radians(angle_deg)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    vy, vx = yy - center[0], xx - center[1]
+    along = vy * np.sin(t) + vx * np.cos(t)
+    across = vy * np.cos(t) - vx * np.sin(t)
+    return 10.0 * np.exp(-0.5 * ((np.abs(across) - 8.0) / 3.0) ** 2) * (1.2 + np.sin(along / 6.0)) + 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# operators
+# --------------------------------------------------------------------------------------------------
+def test_friedel_partner_maps_rings_onto_themselves_about_subpixel_centre():
+    c = (30.37, 33.81)  # off the frame centre and off the pixel grid
+    truth = rings((64, 72), c)
+    valid = np.ones(truth.shape, bool)
+    p, pv = S.partner_image(truth, valid, c)
+    m = S.common_valid(valid, pv, c, guard=3.0)
+    assert m.sum() > 0.4 * truth.size
+    err = np.abs(p[m] - truth[m])
+    # linear interpolation of 2.5-pixel-wide rings: small error, far below the ring amplitude
+    assert err.max() < 0.03 * truth.max() and err.mean() < 0.005 * truth.max()
+    # the wrong centre does not map the pattern onto itself
+    p2, pv2 = S.partner_image(truth, valid, (c[0] + 2.0, c[1]))
+    m2 = S.common_valid(valid, pv2, (c[0] + 2.0, c[1]), guard=3.0)
+    assert np.abs(p2[m2] - truth[m2]).mean() > 10 * err.mean()
+
+
+def test_half_integer_centre_gives_exact_pixel_partners():
+    c = (31.5, 30.0)
+    f = np.random.default_rng(0).poisson(3.0, (64, 60)).astype(float)
+    p, pv = S.partner_image(f, None, c)
+    yy, xx = np.nonzero(pv)
+    np.testing.assert_array_equal(p[yy, xx], f[(63 - yy), (60 - xx)])
+    # inside-frame partners only: row 63 - y always inside; column 60 - x inside for x >= 1
+    assert not pv[:, 0].any() and pv[:, 1:].all()
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, 123.0])
+def test_mirror_partner_maps_mirror_pattern_onto_itself(angle):
+    c = (33.2, 35.6)
+    truth = mirror_pattern((64, 72), c, angle)
+    valid = np.ones(truth.shape, bool)
+    p, pv = S.partner_image(truth, valid, c, kind="mirror", angle_deg=angle)
+    m = S.common_valid(valid, pv, c, guard=2.0, kind="mirror", angle_deg=angle)
+    assert m.sum() > 0.3 * truth.size
+    assert np.abs(p[m] - truth[m]).max() < 0.05 * truth.max()
+    # the same pattern is not Friedel-symmetric
+    pf, pvf = S.partner_image(truth, valid, c, kind="friedel")
+    mf = S.common_valid(valid, pvf, c, guard=2.0)
+    assert np.abs(pf[mf] - truth[mf]).mean() > 5 * np.abs(p[m] - truth[m]).mean()
+
+
+def test_mirror_angles_0_and_90_are_flips():
+    f = np.arange(30 * 40, dtype=float).reshape(30, 40)
+    c = (14.5, 19.5)
+    p0, v0 = S.partner_image(f, None, c, "mirror", 0.0)
+    p90, v90 = S.partner_image(f, None, c, "mirror", 90.0)
+    assert v0.all() and v90.all()
+    np.testing.assert_array_equal(p0, f[::-1, :])
+    np.testing.assert_array_equal(p90, f[:, ::-1])
+
+
+def test_operator_matches_map_coordinates():
+    rng = np.random.default_rng(1)
+    f = rng.poisson(4.0, (40, 50)).astype(float)
+    v = rng.random(f.shape) > 0.05
+    for c, kind, ang in [((20.3, 24.7), "friedel", 0.0), ((18.2, 30.1), "mirror", 33.0), ((5.0, 45.2), "friedel", 0.0)]:
+        p1, v1 = S.partner_image(f, v, c, kind, ang)
+        p2, v2 = S.PartnerOperator(f.shape, c, kind, ang)(f, v)
+        np.testing.assert_array_equal(v1, v2)
+        np.testing.assert_allclose(p1, p2, atol=1e-4)
+
+
+def test_common_mask_excludes_partners_in_gaps_never_zero_counts():
+    c = (31.5, 35.0)  # partner of column x is column 70 - x (exact pixels)
+    shape = (64, 72)
+    valid = np.ones(shape, bool)
+    valid[:, 40:43] = False  # a detector gap
+    valid[5, 7] = False  # a dead pixel
+    counts = np.random.default_rng(2).poisson(0.3, shape).astype(float)  # mostly zeros
+    assert (counts[valid] == 0).mean() > 0.6
+    p, pv = S.partner_image(counts, valid, c)
+    m = S.common_valid(valid, pv, c, guard=3.0)
+    # pixels whose partner lies in the gap (columns 70-42 .. 70-40 = 28..30) are excluded
+    assert not m[:, 28:31].any()
+    assert not m[63 - 5, 70 - 7]
+    assert not m[:, 40:43].any()
+    # built from validity alone: the same mask for an all-zero frame, valid zero counts kept
+    _, pv0 = S.partner_image(np.zeros(shape), valid, c)
+    np.testing.assert_array_equal(S.common_valid(valid, pv0, c, guard=3.0), m)
+    zeros_kept = m & (counts == 0) & (p == 0)
+    assert zeros_kept.sum() > 1000
+    # the guard disc around the centre
+    yy, xx = np.mgrid[:64, :72]
+    assert not m[np.hypot(yy - c[0], xx - c[1]) < 3.0].any()
+
+
+def test_subpixel_partner_needs_all_support_pixels_valid():
+    c = (20.25, 20.5)  # partner of (y, x) is (40.5 - y, 41 - x): two support rows, one column
+    valid = np.ones((41, 41), bool)
+    valid[10, 15] = False
+    _, pv = S.partner_image(np.ones((41, 41)), valid, c)
+    expected = np.ones((41, 41), bool)
+    expected[0, :] = False  # partner row 40.5 is outside the frame
+    expected[:, 0] = False  # partner column 41 is outside the frame
+    expected[30, 26] = False  # partner (10.5, 15) uses rows 10 and 11
+    expected[31, 26] = False  # partner (9.5, 15) uses rows 9 and 10
+    np.testing.assert_array_equal(pv, expected)
+
+
+def test_guard_is_at_least_one_pixel():
+    g = S.guard_mask((21, 21), (10.0, 10.0), 0.0)
+    assert not g[10, 10] and g[10, 11]
+
+
+# --------------------------------------------------------------------------------------------------
+# score, warning, centre refinement
+# --------------------------------------------------------------------------------------------------
+def test_score_high_for_symmetric_low_for_asymmetric_or_wrong_centre():
+    rng = np.random.default_rng(3)
+    c = (30.3, 35.7)
+    shape = (64, 72)
+    truth = rings(shape, c, amp=4.0, bg=1.0)
+    valid = np.ones(shape, bool)
+    valid[:, 50:53] = False
+    noisy = rng.poisson(truth)
+    assert S.symmetry_score(truth, valid, c) > 0.99  # float data: plain correlation
+    s_sym = S.symmetry_score(noisy, valid, c)  # counts: noise-corrected
+    assert s_sym > 0.9
+    assert S.symmetry_warning(s_sym, c) is None
+    s_off = S.symmetry_score(noisy, valid, (c[0] + 6.0, c[1] - 2.0))  # > the 6-pixel ring FWHM off
+    assert s_off < S.SYMMETRY_WARN
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    one_sided = rng.poisson(np.where(xx > c[1] + 4, truth, 0.5))
+    s_one = S.symmetry_score(one_sided, valid, c)
+    assert s_one < 0.3
+    msg = S.symmetry_warning(s_one, c)
+    assert msg is not None and "\n" not in msg and "method.center" in msg
+    # the plain score is pulled down by counting noise, the corrected one is not
+    assert S.symmetry_score(noisy, valid, c, corrected=False) < s_sym
+
+
+def test_refine_center_recovers_subpixel_centre():
+    c = (30.3, 35.7)
+    truth = rings((64, 72), c, amp=10.0)
+    noisy = np.random.default_rng(4).poisson(truth)
+    valid = np.ones(truth.shape, bool)
+    (cy, cx), score = S.refine_center(noisy, valid, (c[0] + 2.3, c[1] - 1.6), radius=4.0)
+    assert abs(cy - c[0]) < 0.3 and abs(cx - c[1]) < 0.3
+    assert score > 0.9
+
+
+# --------------------------------------------------------------------------------------------------
+# the method
+# --------------------------------------------------------------------------------------------------
+def _method(center, **kw):
+    from napari_xrd_denoise.methods.symmetry import METHOD, SymmetryN2N
+
+    assert METHOD is SymmetryN2N
+    cfg = Config().replace(method__name="symmetry", center=list(center), **kw)
+    return SymmetryN2N(cfg, frame_ndim=2, norm=Normalizer(mean=2.0, std=1.5))
+
+
+def test_samples_pair_each_pixel_with_its_partner_after_crop_and_augmentation():
+    c = (20.5, 23.0)  # exact pixel partners: (41 - y, 46 - x)
+    shape = (44, 48)
+    counts = np.random.default_rng(5).poisson(6.0, shape).astype(np.uint32)
+    valid_static = np.ones(shape, bool)
+    valid_static[:, 30:32] = False
+    stack = ScanStack.from_array(counts, static_valid=valid_static)
+    m = _method(c)
+    src = FrameSource(stack)
+    m.attach(src)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    raw = counts.astype(np.float64)
+    swapped = 0
+    for trial in range(12):
+        arrays = dict(m.load(0, src))
+        arrays["yy"], arrays["xx"] = yy, xx
+        arrays = crop_arrays(arrays, (int(rng.integers(0, 12)), int(rng.integers(0, 16))), (32, 32))
+        arrays = augment_arrays(arrays, 2, int(rng.integers(4)), (bool(rng.integers(2)), bool(rng.integers(2))))
+        y, x = arrays.pop("yy"), arrays.pop("xx")
+        s = m.make_sample(arrays, rng, "poisson")
+        w = s.weight > 0
+        assert w.any()
+        own = raw[y, x]
+        partner = raw[np.clip(41 - y, 0, 43), np.clip(46 - x, 0, 47)]
+        x_counts = ((s.input[0] * 1.5 + 2.0) / 2.0) ** 2 - 0.375  # invert the normalised Anscombe
+        direct = np.allclose(x_counts[w], own[w], atol=1e-3) and np.allclose(s.target[w], partner[w])
+        swap = np.allclose(x_counts[w], partner[w], atol=1e-3) and np.allclose(s.target[w], own[w])
+        assert direct or swap
+        swapped += swap
+        # weights only where the pixel and its partner are valid
+        assert valid_static[y[w], x[w]].all() and valid_static[41 - y[w], 46 - x[w]].all()
+    assert 0 < swapped < 12
+
+
+def test_symmetrized_output_keeps_gaps_nan():
+    c = (15.5, 17.0)
+    shape = (32, 34)
+    counts = np.random.default_rng(6).poisson(5.0, shape).astype(np.float32)
+    valid = np.ones(shape, bool)
+    valid[:, 3:5] = False  # the partners of columns 30..31 (34 - x) lie in this gap
+    m = _method(c, center_guard=1.0)
+    m.mc.symmetrize = True
+    m.operator(shape)
+    batch = {"counts": counts[None], "valid": valid[None]}
+    identity = lambda x: x[:, 0]  # noqa: E731 - the "network" returns its input
+    out = m.denoise(identity, batch, Config().infer)[0]
+    plain = m.norm.from_net_mse(m.norm.to_net(counts, valid))
+    assert np.isnan(out[~valid]).all()
+    assert np.isfinite(out[valid]).all()
+    np.testing.assert_allclose(out[:, 30:32], plain[:, 30:32], rtol=1e-5)  # partner in the gap: own value
+    np.testing.assert_allclose(out[:, 0], plain[:, 0], rtol=1e-5)  # partner off the frame: own value
+    y, x = 3, 10
+    np.testing.assert_allclose(out[y, x], 0.5 * (plain[y, x] + plain[31 - y, 34 - x]), rtol=1e-5)
+
+
+def test_method_errors_name_the_parameter():
+    from napari_xrd_denoise.methods.symmetry import SymmetryN2N
+
+    frames = np.random.default_rng(7).poisson(2.0, (2, 32, 32)).astype(np.uint16)
+    stack = ScanStack.from_array(frames)
+    m = SymmetryN2N(Config().replace(method__name="symmetry"), frame_ndim=2)
+    with pytest.raises(XRDError, match="--center"):
+        m.check(stack)
+    m = SymmetryN2N(Config().replace(method__name="symmetry", center=[500.0, 500.0]), frame_ndim=2)
+    with pytest.raises(XRDError, match="method.center"):
+        m.check(stack)
+    spectra = ScanStack.from_array(np.ones((3, 64), np.uint16), frame_ndim=1)
+    m = SymmetryN2N(Config().replace(method__name="symmetry", center=[1.0, 1.0]), frame_ndim=1)
+    with pytest.raises(XRDError, match="2-D"):
+        m.check(spectra)
+
+
+def test_low_symmetry_gives_a_warning_message():
+    from napari_xrd_denoise.methods.symmetry import SymmetryN2N
+
+    c = (30.3, 35.7)
+    truth = rings((64, 72), c, amp=8.0)
+    xx = np.mgrid[:64, :72][1]
+    frame = np.random.default_rng(8).poisson(np.where(xx > 40, truth, 0.5)).astype(np.uint16)
+    stack = ScanStack.from_array(frame)
+    m = SymmetryN2N(Config().replace(method__name="symmetry", center=list(c)), frame_ndim=2)
+    m.check(stack)
+    assert m.score < S.SYMMETRY_WARN
+    assert len(m.messages) == 1 and "symmetry score" in m.messages[0]
+    sym_stack = ScanStack.from_array(np.random.default_rng(9).poisson(truth).astype(np.uint16))
+    m2 = SymmetryN2N(Config().replace(method__name="symmetry", center=list(c)), frame_ndim=2)
+    m2.check(sym_stack)
+    assert m2.score > 0.9 and m2.messages == []
+
+
+def test_short_symmetry_training_beats_raw_and_leaves_gaps_nan():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from napari_xrd_denoise.inference import predict_stack
+    from napari_xrd_denoise.synthetic import make_scan
+    from napari_xrd_denoise.training import Trainer
+
+    scan = make_scan((1, 1), (64, 64), dose="mid", seed=3)
+    stack = scan.to_stack()
+    raw = scan.counts.reshape(64, 64)
+    valid = stack.valid(raw)
+    assert (~valid).sum() > 50  # gaps, beam stop, dead and hot pixels
+    truth = scan.truth.reshape(64, 64)
+
+    def psnr(x):
+        e = np.sqrt(np.maximum(x[valid], 0)) - np.sqrt(truth[valid])
+        return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
+
+    cfg = Config().replace(
+        method__name="symmetry", center=list(scan.center), epochs=4, steps_per_epoch=30, train__batch_size=4,
+        patch_size=48, width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1, threads=1,
+    )
+    tr = Trainer(cfg, stack)
+    model = tr.run()
+    assert tr.method.score > 0.9
+    out = predict_stack(model, stack).reshape(64, 64)
+    assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+    assert psnr(out) > psnr(raw.astype(float)) + 4.0
+    assert model.config.method.center == [float(v) for v in scan.center]
