@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         "predict": PredictWidget(viewer),
         "export": ExportWidget(viewer),
     }
-    titles = {"load": "Load and preprocess", "masks": "Masks and centre", "train": "Train",
-              "predict": "Predict and compare", "export": "Export"}
+    titles = {"load": "1. Load and preprocess", "masks": "2. Masks and beam centre", "train": "3. Train",
+              "predict": "4. Predict and compare", "export": "5. Export"}  # as in napari.yaml
     docks = {}
     for i, (k, w) in enumerate(widgets.items()):
         docks[k] = viewer.window.add_dock_widget(w, name=titles[k], area="right", tabify=i > 0)

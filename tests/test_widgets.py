@@ -205,6 +205,8 @@ def test_settings_become_config(make_napari_viewer):
     assert cfg.train.lr == pytest.approx(0.002)
     assert cfg.method.loss == "poisson"
 
+    assert load.to_config().data.ndim is None  # frame dimensionality from the file by default
+    load.ndim.setCurrentIndex(load.ndim.findData(2))
     load.scan_shape.setText("141x121")
     load.crop_on.setChecked(True)
     for s, v in zip((load.y0, load.y1, load.x0, load.x1), (4, 60, 8, 56)):
@@ -216,7 +218,7 @@ def test_settings_become_config(make_napari_viewer):
     load.read_noise.setValue(1.5)
     cfg = load.to_config()
     d = cfg.data
-    assert d.scan_shape == [141, 121]
+    assert d.ndim == 2 and d.scan_shape == [141, 121]
     assert d.crop == [4, 60, 8, 56]
     assert d.keep_negatives is True and d.saturation == 5000.0
     assert (d.transform, d.gain, d.read_noise) == ("gat", 2.5, 1.5)
@@ -514,10 +516,11 @@ def test_real_xrf_spectra_streamed_to_file(make_napari_viewer, qtbot, tmp_path):
 
     viewer = make_napari_viewer()
     load, masks, train, predict, export = _widgets(viewer)
+    load.ndim.setCurrentIndex(load.ndim.findData(2))  # a wrong choice: spectra files are always 1D
     _open(qtbot, load, csv, scan_shape="")
     stack = load.state.stack
     assert stack.frame_ndim == 1 and stack.shape == (32, 4095)
-    assert load.ndim.currentData() == 1  # the widget follows the file
+    assert load.ndim.currentData() == 1 and load.state.config.data.ndim == 1  # the widget follows the file
     n0 = _n_records()
     masks.preview_symmetry()
     assert any("2D frames" in e for e in _errors_since(n0))

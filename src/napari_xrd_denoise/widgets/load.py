@@ -32,6 +32,7 @@ from ._common import (
 from ._state import get_state
 
 FROM_FILE = "(file)"
+AUTO = "auto"
 AUTO_DATASET = "(automatic)"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi", ".emd")
 FILE_FILTER = (
@@ -119,7 +120,8 @@ class LoadWidget(QWidget):
         self.dataset = combo([AUTO_DATASET], tip="HDF5 dataset holding the frames")
         self.dataset.setEditable(True)
         f.addRow("Dataset", self.dataset)
-        self.ndim = combo([(2, "2D frames (images)"), (1, "1D frames (spectra)")], 2)
+        self.ndim = combo([(AUTO, "automatic (from the file)"), (2, "2D frames (images)"),
+                           (1, "1D frames (spectra)")], AUTO)
         f.addRow("Frames", self.ndim)
         self.scan_shape = QLineEdit()
         self.scan_shape.setPlaceholderText("as stored, or e.g. 141x121")
@@ -184,10 +186,11 @@ class LoadWidget(QWidget):
         d.dataset = None if (not ds or ds == AUTO_DATASET) else ds.split("  ")[0]
         txt = self.scan_shape.text().strip()
         d.scan_shape = parse_shape(txt, "scan shape") if txt else None
-        d.ndim = int(self.ndim.currentData())
+        nd = self.ndim.currentData()
+        d.ndim = None if nd == AUTO else int(nd)
         if not self.crop_on.isChecked():
             d.crop = None
-        elif d.ndim == 2:
+        elif (d.ndim or (self.state.stack.frame_ndim if self.state.stack is not None else 2)) == 2:
             d.crop = [self.y0.value(), self.y1.value(), self.x0.value(), self.x1.value()]
         else:  # spectra: the column range is the channel range
             d.crop = [self.x0.value(), self.x1.value()]
@@ -212,10 +215,10 @@ class LoadWidget(QWidget):
         if d.dataset:
             self.dataset.setEditText(d.dataset)
         self.scan_shape.setText("x".join(map(str, d.scan_shape)) if d.scan_shape else "")
-        set_combo(self.ndim, d.ndim)
+        set_combo(self.ndim, AUTO if d.ndim is None else d.ndim)
         self.crop_on.setChecked(d.crop is not None)
         if d.crop is not None:
-            if d.ndim == 2:
+            if len(d.crop) == 4:
                 for s, v in zip((self.y0, self.y1, self.x0, self.x1), d.crop):
                     s.setValue(int(v))
             else:
@@ -281,7 +284,7 @@ class LoadWidget(QWidget):
                 raise XRDError(f"layer '{name}' is multiscale; open the file instead")
             d = self.state.config.data
             stack = ScanStack.from_array(
-                layer.data, frame_ndim=d.ndim, source=f"layer '{name}'", format="napari layer",
+                layer.data, frame_ndim=d.ndim or 2, source=f"layer '{name}'", format="napari layer",
                 keep_negatives=d.keep_negatives, saturation=d.saturation,
             )
             return stack, name
@@ -339,9 +342,10 @@ class LoadWidget(QWidget):
             data, name=name, contrast_limits=res["limits"], colormap="magma", translate=translate,
             metadata={"xrd_role": "raw", "source": stack.label},
         )
-        if int(self.ndim.currentData()) != stack.frame_ndim:  # e.g. spectra files are always 1D
+        chosen = self.ndim.currentData()
+        if chosen != AUTO and int(chosen) != stack.frame_ndim:  # e.g. spectra files are always 1D
             set_combo(self.ndim, stack.frame_ndim)
-        self.state.config.data.ndim = stack.frame_ndim
+            self.state.config.data.ndim = stack.frame_ndim
         self.state.set_stack(stack, name)
         self.state.set_center(None if res.get("center") is None else tuple(res["center"]))
         self.info.setText(res["info"])

@@ -244,8 +244,10 @@ class MaskWidget(QWidget):
                 self.state.set_masks(exclusions=None)
             return
         ex = np.asarray(layer.data) != 0
+        n = int(ex.sum())
+        if self.state.exclusions is None or int(self.state.exclusions.sum()) != n:
+            self.excl_info.setText(f"{n} pixels excluded by the user.")
         self.state.exclusions = ex
-        self.excl_info.setText(f"{int(ex.sum())} pixels excluded by the user.")
 
     def _add_to_layer(self, mask: np.ndarray, value: int) -> None:
         layer = self._excl_layer()
