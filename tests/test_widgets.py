@@ -20,7 +20,9 @@ from napari_xrd_denoise.config import Config
 from napari_xrd_denoise.errors import XRDError
 from napari_xrd_denoise.physics.masks import valid_from_pixel_mask, valid_from_raw
 from napari_xrd_denoise.synthetic import make_scan, write_scan
-from napari_xrd_denoise.widgets._helpers import find_hot_dead, psnr_sqrt, roi_sums, save_mask, shapes_mask
+from napari_xrd_denoise.io.writers import save_mask
+from napari_xrd_denoise.physics.masks import find_hot_dead
+from napari_xrd_denoise.widgets._helpers import psnr_sqrt, roi_sums, shapes_mask
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")

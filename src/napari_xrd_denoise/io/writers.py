@@ -508,3 +508,30 @@ def read_result(path: str | Path) -> tuple[Any, Any, dict]:
         data = data.reshape(shape)
     prov = meta.get("provenance", {}) or {}
     return data, np.isfinite(data), prov
+
+
+MASK_SUFFIXES = (".npy", ".tif", ".tiff", ".edf")
+
+def save_mask(path: str | Path, excluded: np.ndarray, overwrite: bool = True) -> Path:
+    """Write a mask file in the pyFAI / Dioptas convention (nonzero = masked): npy, TIFF or EDF."""
+    from .atomic import atomic_path
+
+    path = Path(path)
+    suf = path.suffix.lower()
+    if suf not in MASK_SUFFIXES:
+        raise XRDError(f"{path}: mask files must end in {', '.join(MASK_SUFFIXES)}")
+    m = np.asarray(excluded).astype(np.uint8)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if suf == ".npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, m)
+        elif suf in (".tif", ".tiff"):
+            import tifffile
+
+            with open(tmp, "wb") as fh:
+                tifffile.imwrite(fh, m)
+        else:
+            import fabio
+
+            fabio.edfimage.EdfImage(data=m.astype(np.int8)).write(str(tmp))
+    return path

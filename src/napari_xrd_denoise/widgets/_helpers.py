@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import XRDError
 
-MASK_SUFFIXES = (".npy", ".tif", ".tiff", ".edf")
 
 
 def shapes_mask(vertices: list[np.ndarray], shape_types: list[str], frame_shape: tuple[int, int],
@@ -31,73 +29,8 @@ def shapes_mask(vertices: list[np.ndarray], shape_types: list[str], frame_shape:
     return masks.astype(bool).any(axis=0)
 
 
-def find_hot_dead(
-    counts: np.ndarray,
-    valid: np.ndarray,
-    k: float = 10.0,
-    size: int = 5,
-    min_expected: float = 20.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hot and dead pixels from sampled frames ``(n, H, W)`` of counts (invalid pixels ignored).
-
-    Hot: the pixel's typical count (median over the sampled frames, so a Bragg spot that passes through
-    a few frames does not count) exceeds ``k`` times the median-filtered typical count of its
-    neighbourhood (``size`` pixels, floor 1 count). Dead: zero in every sampled frame although its
-    neighbourhood predicts at least ``min_expected`` counts in total over the sample, so a truly empty
-    region of a sparse low-dose pattern is never called dead (P(0 | Poisson(20)) = 2e-9).
-    Returns ``(hot, dead)`` boolean masks of the frame shape.
-    """
-    from scipy import ndimage
-
-    c = np.asarray(counts, dtype=np.float64)
-    v = np.asarray(valid, dtype=bool)
-    if c.ndim == 2:
-        c, v = c[None], v[None]
-    if c.shape != v.shape or c.ndim != 3:
-        raise XRDError(f"hot/dead search needs frames (n, H, W) with matching validity, got {c.shape}, {v.shape}")
-    n = c.shape[0]
-    nvalid = v.sum(axis=0)
-    seen = nvalid > 0
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            level = np.nanmedian(np.where(v, c, np.nan), axis=0)
-            mean = np.nansum(np.where(v, c, 0.0), axis=0) / np.maximum(nvalid, 1)
-    fill = float(np.nanmedian(level)) if np.isfinite(level).any() else 0.0
-    filled = np.where(seen, level, fill)
-    med = ndimage.median_filter(filled, size=int(size), mode="nearest")
-    hot = seen & (filled > k * np.maximum(med, 1.0))
-    mean_f = ndimage.median_filter(np.where(seen, mean, fill), size=int(size), mode="nearest")
-    total = np.where(v, c, 0).sum(axis=0)
-    dead = seen & (nvalid == n) & (total == 0) & (mean_f * n >= min_expected)
-    return hot, dead & ~hot
 
 
-def save_mask(path: str | Path, excluded: np.ndarray, overwrite: bool = True) -> Path:
-    """Write a mask file in the pyFAI / Dioptas convention (nonzero = masked): npy, TIFF or EDF."""
-    from ..io.atomic import atomic_path
-
-    path = Path(path)
-    suf = path.suffix.lower()
-    if suf not in MASK_SUFFIXES:
-        raise XRDError(f"{path}: mask files must end in {', '.join(MASK_SUFFIXES)}")
-    m = np.asarray(excluded).astype(np.uint8)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        if suf == ".npy":
-            with open(tmp, "wb") as fh:
-                np.save(fh, m)
-        elif suf in (".tif", ".tiff"):
-            import tifffile
-
-            with open(tmp, "wb") as fh:
-                tifffile.imwrite(fh, m)
-        else:
-            import fabio
-
-            fabio.edfimage.EdfImage(data=m.astype(np.int8)).write(str(tmp))
-    return path
 
 
 def place_in_frame(small: np.ndarray, full_shape: tuple[int, ...], origin: tuple[int, ...], fill=0) -> np.ndarray:

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QCheckBox, QWidget
 
 from ..errors import XRDError
 from ._common import PathField, button, group, guarded, info_label, run_in_thread, vbox
-from ._helpers import save_mask
+from ..io.writers import save_mask
 from ._state import get_state
 from .masks import all_excluded
 

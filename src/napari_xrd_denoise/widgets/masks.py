@@ -27,7 +27,9 @@ from ._common import (
     spin,
     vbox,
 )
-from ._helpers import crop_frame, find_hot_dead, place_in_frame, save_mask, shapes_mask
+from ..io.writers import save_mask
+from ..physics.masks import find_hot_dead
+from ._helpers import crop_frame, place_in_frame, shapes_mask
 from ._state import get_state
 
 EXCL_LAYER = "exclusions"
