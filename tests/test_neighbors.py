@@ -183,7 +183,7 @@ def test_short_training_on_a_scan_beats_raw():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from napari_xrd_denoise.inference import predict_stack
-    from napari_xrd_denoise.refine import MethodLossTrainer
+    from napari_xrd_denoise.training import Trainer
     from napari_xrd_denoise.synthetic import make_scan
 
     scan = make_scan((6, 6), (64, 64), dose="low", seed=5)
@@ -199,7 +199,7 @@ def test_short_training_on_a_scan_beats_raw():
         method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48, width=12,
         depth=2, lr=3e-3, warmup_epochs=1, val_fraction=0.1, patience=0, seed=1, threads=1,
     )
-    tr = MethodLossTrainer(cfg, stack)
+    tr = Trainer(cfg, stack)
     model = tr.run()
     assert tr.history["loss_space"] == ["mse", "poisson", "poisson", "poisson"]
     assert model.config.method.loss == "poisson"
@@ -307,3 +307,30 @@ def test_refinement_needs_neighbors_and_a_grid():
         Refiner(Config().replace(method__name="n2s", cycles=2), stack)
     with pytest.raises(XRDError, match="--scan-shape"):
         Refiner(Config().replace(method__name="neighbors", cycles=2), ScanStack.from_array(np.ones((16, 16, 16), np.uint16)))
+
+
+def test_saved_models_of_both_physics_methods_reload_and_predict_the_same(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from napari_xrd_denoise.inference import predict_stack
+    from napari_xrd_denoise.methods import get_method
+    from napari_xrd_denoise.model_file import DenoiserModel
+    from napari_xrd_denoise.training import Trainer
+    from napari_xrd_denoise.synthetic import make_scan
+
+    assert get_method("neighbors").__name__ == "NeighborScan"
+    assert get_method("symmetry").__name__ == "SymmetryN2N"
+    scan = make_scan((3, 4), (32, 32), dose="mid", seed=2)
+    stack = scan.to_stack()
+    common = dict(epochs=1, steps_per_epoch=3, train__batch_size=2, patch_size=32, width=8, depth=2,
+                  val_fraction=0.0, threads=1)
+    for cfg in (
+        Config().replace(method__name="neighbors", neighbors=4, combine_n2s=True, **common),
+        Config().replace(method__name="symmetry", center=list(scan.center), **common),
+    ):
+        model = Trainer(cfg, stack).run()
+        a = predict_stack(model, stack)
+        path = model.save(tmp_path / f"{cfg.method.name}.pt")
+        back = DenoiserModel.load(path, device="cpu")
+        assert back.config.method == model.config.method
+        np.testing.assert_array_equal(predict_stack(back, stack), a)

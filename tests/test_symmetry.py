@@ -305,3 +305,18 @@ def test_short_symmetry_training_beats_raw_and_leaves_gaps_nan():
     assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
     assert psnr(out) > psnr(raw.astype(float)) + 4.0
     assert model.config.method.center == [float(v) for v in scan.center]
+
+
+def test_centre_from_a_poni_file(tmp_path):
+    from napari_xrd_denoise.methods.symmetry import SymmetryN2N
+    from napari_xrd_denoise.physics.geometry import make_integrator
+    from napari_xrd_denoise.synthetic import make_scan
+
+    scan = make_scan((1, 1), (64, 64), dose="mid", seed=4)
+    poni = tmp_path / "synthetic.poni"
+    make_integrator(scan.geometry()).write(str(poni))
+    stack = scan.to_stack()
+    m = SymmetryN2N(Config().replace(method__name="symmetry", poni=str(poni)), frame_ndim=2)
+    m.check(stack)
+    np.testing.assert_allclose(m.mc.center, scan.center, atol=1e-6)
+    assert m.score > 0.9 and m.messages == []

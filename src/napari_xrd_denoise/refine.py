@@ -50,16 +50,6 @@ from .training import TrainEvent, Trainer
 MEMORY_LIMIT = 2 * 2**30  # bytes of estimates kept in RAM; larger go to a memory-mapped file
 
 
-class MethodLossTrainer(Trainer):
-    """A :class:`Trainer` that uses the method's own ``loss`` when it has one (neighbour constraints)."""
-
-    def _loss(self, out, t, w, sc, space):
-        f = getattr(self.method, "loss", None)
-        if callable(f):
-            return f(out, t, w, sc, space)
-        return super()._loss(out, t, w, sc, space)
-
-
 def mix_weight(cycle: int, cycles: int) -> float:
     """Weight of the denoised estimate in the input of ``cycle`` (0-based): ``cycle / cycles``."""
     return float(cycle) / float(cycles)
@@ -178,7 +168,7 @@ class Refiner:
             cfg.method.warmup_epochs = 0
             cfg.method.loss = init.config.method.loss
         self._emit(f"refinement cycle {cycle + 1}/{self.config.method.cycles}: training")
-        tr = MethodLossTrainer(cfg, self.stack, callback=self.callback, init_model=init)
+        tr = Trainer(cfg, self.stack, callback=self.callback, init_model=init)
         tr.method.context_provider = provider
         self._trainer = tr
         if self._cancel.is_set():
@@ -232,7 +222,6 @@ def _predict(model: DenoiserModel, provider: LatticeContext | None, source: Fram
     """Counts predicted by ``model`` at ``positions`` with the neighbour context from ``provider``."""
     method = copy.copy(model.method)
     method.context_provider = provider
-    method._cache = type(model.method._cache)(max_bytes=0)  # contexts change between passes
     inf = model.config.infer
     run = model.runner(inf)
     bs = max(1, int(inf.batch_size))

@@ -73,7 +73,6 @@ class NeighborScan(Method):
         self._tables: dict[tuple, np.ndarray] = {}
         self._cache = LoadCache()
         self.context_provider: ContextProvider | None = None
-        self.messages: list[str] = []
 
     # ---- channels and loss -------------------------------------------------------------------------
     @property
@@ -117,20 +116,16 @@ class NeighborScan(Method):
         self.mc.loss = self.loss_space(epoch)
 
     def loss(self, out, target, weight, scale, space: str):
-        """The training loss on a torch batch (``out``: network output ``(B, 1, *patch)``).
-
-        MSE space: the weighted MSE. Poisson space: the Poisson deviance of ``rate = scale * link(out)``
-        plus the per-pattern mean and sum constraints of the module docstring.
-        """
+        """The base loss (weighted MSE, or the Poisson deviance of ``rate = scale * link(out)``) plus, in
+        the Poisson space, the per-pattern mean and sum constraints of the module docstring."""
         import torch
 
-        from ..losses import link_rate, masked_mse, poisson_deviance
+        from ..losses import link_rate
 
-        out = out.float()
+        base = super().loss(out, target, weight, scale, space)
         if space != "poisson":
-            return masked_mse(out, target, weight)
-        rate = scale * link_rate(out, self.norm.mean, self.norm.std, self.norm.transform)
-        base = poisson_deviance(rate, target, weight)
+            return base
+        rate = scale * link_rate(out.float(), self.norm.mean, self.norm.std, self.norm.transform)
         w = (weight > 0).to(rate.dtype)
         dims = tuple(range(1, rate.ndim))
         npx = w.sum(dim=dims).clamp(min=1.0)
@@ -178,23 +173,27 @@ class NeighborScan(Method):
         return source.get_many(self.neighbors_of(index, source))
 
     # ---- samples -----------------------------------------------------------------------------------
-    def load(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
-        provider = self.context_provider
-        key = (id(source), id(provider), int(index))
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+    def _arrays(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
         c, v = source.get(index)
+        provider = self.context_provider
         if provider is None:
             ctx, cv = self.raw_context(index, source)
         else:
             ctx, cv = provider(int(index), source)
-        out = {"counts": c, "valid": v, "context": np.asarray(ctx, dtype=np.float32), "context_valid": np.asarray(cv, dtype=bool)}
-        self._cache.put(key, out)
-        return out
+        return {"counts": c, "valid": v, "context": np.asarray(ctx, dtype=np.float32),
+                "context_valid": np.asarray(cv, dtype=bool)}
+
+    def load(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
+        """Training arrays (cached: the trainer draws several patches from the same frames)."""
+        key = (id(source), id(self.context_provider), int(index))
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._arrays(index, source)
+            self._cache.put(key, hit)
+        return hit
 
     def load_infer(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
-        return self.load(index, source)
+        return self._arrays(index, source)
 
     def make_sample(self, arrays, rng, space) -> Sample:
         c, v = arrays["counts"], arrays["valid"]

@@ -97,7 +97,6 @@ class SymmetryN2N(Method):
         super().__init__(config, frame_ndim=frame_ndim, norm=norm)
         self._ops: dict[tuple, sym.PartnerOperator] = {}
         self._cache = LoadCache()
-        self.messages: list[str] = []
         self.score: float | None = None
 
     def default_loss(self) -> str:
