@@ -36,6 +36,10 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "symmetry": ("method", "symmetry", str),
     "mirror_angle": ("method", "mirror_angle", float),
     "neighbors": ("method", "neighbors", int),
+    "center_guard": ("method", "center_guard", float),
+    "combine_n2s": ("method", "combine_n2s", bool),
+    "symmetrize": ("method", "symmetrize", bool),
+    "warmup_epochs": ("method", "warmup_epochs", int),
     "cycles": ("method", "cycles", int),
     "reference": ("method", "reference", str),
     "init_model": ("method", "init_model", str),
@@ -87,7 +91,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--center", help="beam centre Y,X in pixels (symmetry method)")
     g.add_argument("--symmetry", help="friedel or mirror")
     g.add_argument("--mirror-angle", type=float, help="mirror line angle in degrees")
+    g.add_argument("--center-guard", type=float, help="pixels around the centre left out of the symmetry loss")
+    g.add_argument("--symmetrize", action="store_const", const=True,
+                   help="symmetry: average the prediction with its partner where both are valid")
+    g.add_argument("--combine-n2s", action="store_const", const=True,
+                   help="symmetry/neighbors: also blind-spot mask the input (Noise2Self)")
     g.add_argument("--neighbors", type=int, choices=(4, 8, 24), help="neighbour frames for the neighbors method")
+    g.add_argument("--warmup-epochs", type=int, help="neighbors: MSE epochs before the Poisson loss")
     g.add_argument("--cycles", type=int, help="iterative refinement cycles (neighbors)")
     g.add_argument("--reference", help="paired high-SNR frames for --method supervised")
     g.add_argument("--init-model", help="fine-tune from this model file")

@@ -69,6 +69,7 @@ class MethodConfig:
     mirror_angle: float = 0.0  # degrees, line through the centre
     center_guard: float = 3.0  # pixels around the centre excluded (a pixel is its own partner)
     combine_n2s: bool = False  # also blind-spot mask the input (symmetry / neighbors)
+    symmetrize: bool = False  # symmetry: average the prediction with its partner where both are valid
     # neighbour-scan blind spot
     neighbors: int = 8  # 4, 8 or 24
     cycles: int = 1  # iterative refinement cycles
