@@ -126,6 +126,11 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
 
     if cfg.method.name == "auto":
         cfg.method.name = resolve_auto(cfg, stack)
+    if cfg.method.name == "neighbors" and cfg.method.cycles > 1:
+        raise XRDError(
+            f"--cycles {cfg.method.cycles}: iterative refinement denoises while it trains, so it runs in "
+            "`xrd-denoise denoise` (train/predict use one cycle)"
+        )
     ref = None
     if cfg.method.name == "supervised":
         ref_src = reference if reference is not None else cfg.method.reference
@@ -224,10 +229,14 @@ def denoise(
 
         check_output(Path(output), overwrite)
     stack = open_input(source, cfg)
-    model = _train_on_stack(stack, cfg, callback=callback, model_path=model_path)
-    cfg = model.config
-    prov = provenance(cfg, stack)
-    result = predict_stack(model, stack, output, infer=cfg.infer, progress=progress, overwrite=overwrite, provenance=prov)
+    if cfg.method.name == "neighbors" and cfg.method.cycles > 1:
+        result = _denoise_refined(stack, cfg, output, callback=callback, overwrite=overwrite, model_path=model_path)
+    else:
+        model = _train_on_stack(stack, cfg, callback=callback, model_path=model_path)
+        cfg = model.config
+        prov = provenance(cfg, stack)
+        result = predict_stack(model, stack, output, infer=cfg.infer, progress=progress, overwrite=overwrite,
+                               provenance=prov)
     if output is not None:
         out = Path(output)
         cfg.save(out.with_name(out.name + ".config.json"))
@@ -239,6 +248,29 @@ def denoise(
             write_report(stack, np.asarray(den), np.asarray(valid), out, geometry=stack.geometry,
                          center=cfg.method.center)
     return result
+
+
+def _denoise_refined(stack: ScanStack, cfg: Config, output, *, callback=None, overwrite=False, model_path=None):
+    """Neighbour-scan blind spot with ``cycles`` leak-free refinement cycles (see ``refine.py``).
+
+    The refinement denoises while it trains, so it runs only here; with ``model_path`` the network of
+    every cycle is saved (``MODEL`` is the last one, ``MODEL.cycleN.pt`` each cycle).
+    """
+    from .io.writers import write_array
+    from .refine import Refiner
+
+    res = Refiner(cfg, stack, callback=callback).run()
+    if model_path is not None:
+        mp = Path(model_path)
+        for c, m in enumerate(res.models, start=1):
+            m.save(mp.with_name(f"{mp.name}.cycle{c}.pt"))
+        res.models[-1].save(mp)
+    if output is None:
+        return res.denoised
+    valid = np.isfinite(res.denoised)
+    prov = provenance(res.models[-1].config, stack, {"refinement_cycles": int(cfg.method.cycles)})
+    write_array(output, res.denoised, valid, provenance=prov, overwrite=overwrite, frame_ndim=stack.frame_ndim)
+    return Path(output)
 
 
 def config_json(cfg: Config) -> str:

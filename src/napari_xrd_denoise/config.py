@@ -263,7 +263,12 @@ def _coerce(name: str, v: Any, default: Any) -> Any:
     return v
 
 
+_ALIASES = {"method": ("method", "name"), "steps": ("train", "steps_per_epoch"), "mask": ("data", "mask_file")}
+
+
 def _locate(key: str) -> tuple[str, str]:
+    if key in _ALIASES:
+        return _ALIASES[key]
     if "__" in key:
         sec, k = key.split("__", 1)
         if sec not in _SECTION or k not in {f.name for f in fields(_SECTION[sec])}:
