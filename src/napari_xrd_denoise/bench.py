@@ -271,14 +271,30 @@ def peer_venv() -> Path | None:
     return None
 
 
-def run_peer(frames: np.ndarray, budget_s: float, device: str, patch: int, timeout_s: float | None = None) -> Result:
-    """CAREamics N2V on ``(N, H, W)`` counts (invalid pixels must be 0) in its own venv."""
+def run_peer(frames: np.ndarray, budget_s: float, device: str, patch: int, timeout_s: float | None = None,
+             valid: np.ndarray | None = None, vst: bool = True) -> Result:
+    """CAREamics N2V on ``(N, H, W)`` counts in its own venv.
+
+    With ``vst`` (default) it gets what BM3D gets: the Anscombe transform (invalid pixels filled from their
+    valid surroundings, since N2V has no mask) and the exact unbiased inverse of its output; without, the
+    counts themselves (invalid pixels 0).
+    """
     venv = peer_venv()
     if venv is None:
         return Result(PEER, note="not available (no careamics venv; see benchmarks/careamics_peer.py --setup)")
+    from .baselines import _normconv
+    from .physics.vst import anscombe, inverse_anscombe
+
+    x = np.asarray(frames, dtype=np.float64)
+    v = np.ones(x.shape, bool) if valid is None else np.broadcast_to(valid, x.shape)
+    if vst:
+        a = anscombe(np.where(v, x, 0)).astype(np.float64)
+        x = np.where(v, a, _normconv(a, v, 2.0, 2))
+    else:
+        x = np.where(v, x, 0.0)
     tmp = Path(tempfile.mkdtemp(prefix="xrd_peer_"))
     try:
-        np.save(tmp / "in.npy", np.asarray(frames, dtype=np.float32))
+        np.save(tmp / "in.npy", x.astype(np.float32))
         dev = "cuda" if device.startswith("cuda") else "cpu"
         cmd = [str(venv / "bin" / "python"), str(PEER_SCRIPT), "--input", str(tmp / "in.npy"), "--output",
                str(tmp / "out.npy"), "--stats", str(tmp / "stats.json"), "--seconds", f"{budget_s:.3f}",
@@ -290,9 +306,12 @@ def run_peer(frames: np.ndarray, budget_s: float, device: str, patch: int, timeo
             last = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["?"]
             return Result(PEER, note=f"failed: {last[0][:160]}")
         stats = json.loads((tmp / "stats.json").read_text())
-        return Result(PEER, np.load(tmp / "out.npy"), stats["train_seconds"], stats["predict_seconds"],
-                      note=f"careamics {stats['careamics_version']}, {stats['steps']} steps, {stats['n_params']} params",
-                      stats=stats)
+        out = np.load(tmp / "out.npy").astype(np.float64)
+        if vst:
+            out = inverse_anscombe(out).astype(np.float64)
+        return Result(PEER, out.astype(np.float32), stats["train_seconds"], stats["predict_seconds"],
+                      note=f"careamics {stats['careamics_version']}, {stats['steps']} steps, {stats['n_params']} params"
+                      + (", Anscombe + exact inverse" if vst else ", on counts"), stats=stats)
     except subprocess.TimeoutExpired:
         return Result(PEER, note="failed: timed out")
     finally:
@@ -419,7 +438,7 @@ def synthetic_suite(st: Settings, device: str, progress) -> list[Suite]:
         results += run_baselines(counts, valid, truth, bm3d=st.name != "tiny")
         if st.peer:
             progress("  careamics N2V")
-            results.append(run_peer(np.where(valid, counts, 0), st.budget_s, device, st.patch))
+            results.append(run_peer(counts, st.budget_s, device, st.patch, valid=valid))
         s = Suite(f"synthetic-{dose}", f"Synthetic scan, dose '{dose}'",
                   f"{'x'.join(map(str, st.synth_scan))} scan of {'x'.join(map(str, st.synth_frame))} frames "
                   f"(synthetic.make_scan, seed 1, ring pixels ~{sc.dose:g} counts), rings, spots, gaps, beam stop; "
@@ -490,7 +509,7 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
     results += run_baselines(a, valid, ref, bm3d=st.name != "tiny")
     if st.peer:
         progress("  careamics N2V")
-        results.append(run_peer(np.where(valid, a, 0), st.real_budget_s, device, st.patch))
+        results.append(run_peer(a, st.real_budget_s, device, st.patch, valid=valid))
     s = Suite("real-lab6", "Real LaB6 frames thinned to 5 %",
               f"{len(st.real_frames)} Pilatus 300K-W frames (indices {list(st.real_frames)}, 2theta "
               f"{', '.join(f'{t:g}' for t in tth)} deg) of the SSRL LaB6 scan, columns {c0}-{c1} "
@@ -652,6 +671,10 @@ def machine_info() -> dict[str, Any]:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["load_start"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
     return info
 
 
@@ -760,7 +783,7 @@ src = os.path.join(d, "big.h5")
 n, _ = ms.write_stack(__import__("pathlib").Path(src), {size_gb!r}, 512, 0.5)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 stack = open_stack(src)
-cfg = Config().replace(method__name="n2n-split", epochs=1, steps_per_epoch=2, patch_size=64, device="cpu",
+cfg = Config().replace(method__name="n2s", epochs=1, steps_per_epoch=2, patch_size=64, device="cpu",
                        threads=1, width=4, depth=1, val_fraction=0.0, preview_every=0)
 model = Trainer(cfg, stack).run()
 t0 = time.perf_counter()
@@ -972,6 +995,13 @@ def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extr
     return names
 
 
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "-"
+
+
 def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: list[Suite], speed: list[dict],
                    memory: dict | None, goal_rows: list, plots: list[str], elapsed: float) -> Path:
     from .io.atomic import atomic_write_text
@@ -983,7 +1013,9 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
          f"- software: Python {info['python']}, torch {info['torch']}, {info['os']}; torch threads {info['threads']}",
          f"- settings: training budget {st.budget_s:g} s per method (synthetic), {st.real_budget_s:g} s (real LaB6), "
          f"{st.xrf_budget_s:g} s (XRF); patch {st.patch}, batch 8; the same budget for the careamics peer",
-         f"- wall time of this run: {elapsed / 60:.1f} min", "",
+         f"- wall time of this run: {elapsed / 60:.1f} min; CPU load average (1 min) at start "
+         f"{info.get('load_start', '-')}, at end {_load()} (timings are only comparable on an otherwise idle "
+         "machine; ratios against careamics are measured side by side in the same run)", "",
          "Every number below was measured in this run. Rows that could not run say why; no number is "
          "copied or estimated except where marked *extrapolated*.", "",
          "Metrics: PSNR on the square-root scale (peak = the reference maximum; the scale that weighs five "
@@ -1032,7 +1064,7 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
     if memory:
         L += ["### Memory while streaming", "",
               "A child process writes a stack of 512x512 uint32 frames (bitshuffle-LZ4 HDF5, with the writer of "
-              "`benchmarks/memory_stream.py`), trains a small model on it for two steps and streams the whole "
+              "`benchmarks/memory_stream.py`), trains a small Noise2Self model on it for two steps and streams the whole "
               "stack through `predict_stack` into an HDF5 output. Peak RSS is the child's `ru_maxrss` (torch "
               "and the model included). If it does not grow with the stack, the stack is never held in memory: "
               "a stack larger than any memory limit above that peak can be denoised.", "",
@@ -1049,10 +1081,15 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
           "- The thinned-real reference is the held-out 95 % of the counts: independent of the input, but "
           "noisy; the 'ideal' row gives the expected PSNR of a perfect estimate against it.",
           "- The oracle Gaussian chooses its width on the reference: an upper bound for a Gaussian filter.",
-          "- careamics N2V runs as its users would run it: on counts (invalid pixels set to 0, it has no "
-          "mask), with its default U-Net, its own normalisation and validation, for the same wall-clock time.",
+          "- careamics N2V gets the preprocessing BM3D gets: the Anscombe transform (invalid pixels filled "
+          "from valid neighbours, since it has no mask; its output there is kept, hence 'invalid filled') and "
+          "the exact unbiased inverse of its output; otherwise its defaults (U-Net depth 2, 32 channels, its "
+          "own normalisation, validation and N2V masking), for the same wall-clock time. Its speed is "
+          "measured on the same frames.",
           "- XRF: careamics N2V and BM3D are 2D methods and are not run on spectra.", ""]
-    return atomic_write_text(path, "\n".join(L) + "\n")
+    atomic_write_text(path, "\n".join(L) + "\n")
+    os.chmod(path, 0o644)  # a temporary file is created private; the report is a document
+    return path
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -94,9 +95,16 @@ def _chi2_parts(x: np.ndarray, d: np.ndarray, v: np.ndarray, eps: float):
     """Per frame: sum r^2, its expectation and its variance under Poisson noise about ``d``."""
     axes = tuple(range(1, x.ndim))
     den = np.maximum(d, eps)
-    r2 = np.where(v, (x - d) ** 2 / den, 0.0)
-    expect = np.where(v, d / den, 0.0)
-    var = np.where(v, (d + 2 * d * d) / den**2, 0.0)
+    r2 = np.subtract(x, d)
+    np.square(r2, out=r2)
+    r2 /= den
+    r2 *= v
+    expect = d / den
+    expect *= v
+    var = 2.0 * d
+    var += 1.0
+    var *= expect
+    var /= den  # (d + 2 d^2) / den^2 where valid
     return r2.sum(axes), expect.sum(axes), var.sum(axes)
 
 
@@ -120,14 +128,14 @@ def _poisson_two_sided(s: np.ndarray, lam_lo: np.ndarray, lam_hi: np.ndarray) ->
     return np.minimum(np.minimum(p_hi, p_lo), 1.0)
 
 
-def _block_sums(a: np.ndarray, k: int) -> np.ndarray:
-    """Sums over non-overlapping k-blocks of the frame axes of ``(n, *frame)`` (edges cropped)."""
+def _block_sums_nd(a: np.ndarray, k: int) -> np.ndarray:
+    """Sums over non-overlapping k-blocks of the frame axes, keeping the frame axes (edges cropped)."""
     n, *frame = a.shape
     cut = [(s // k) * k for s in frame]
     a = a[(slice(None),) + tuple(slice(0, c) for c in cut)]
     if len(frame) == 1:
         return a.reshape(n, cut[0] // k, k).sum(2)
-    return a.reshape(n, cut[0] // k, k, cut[1] // k, k).sum((2, 4)).reshape(n, -1)
+    return a.reshape(n, cut[0] // k, k, cut[1] // k, k).sum((2, 4))
 
 
 def _ring_sums(a: np.ndarray, ring: np.ndarray, n_rings: int) -> np.ndarray:
@@ -213,10 +221,18 @@ def _checks_from_frames(x, d, v, *, blocks, center, eps, rel_tol) -> FrameChecks
     n_valid = v.reshape(v.shape[0], -1).sum(1)
     fc = FrameChecks(chi2=chi2, chi2_z=chi2_z, n_valid=n_valid)
     vf = v.astype(np.float64)
-    for k in blocks:
+    prev: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None  # block sums of the last size, unflattened
+    for k in sorted(blocks):
         if any(sz < k for sz in x.shape[1:]):
             continue
-        xs, ds, ns = _block_sums(x, k), _block_sums(d, k), _block_sums(vf, k)
+        if prev is not None and k % prev[0] == 0:
+            f = k // prev[0]  # sums of k-blocks from sums of the previous (smaller) blocks
+            xb, db, nb = (_block_sums_nd(a, f) for a in prev[1:])
+        else:
+            xb, db, nb = (_block_sums_nd(a, k) for a in (x, d, vf))
+        prev = (k, xb, db, nb)
+        n = x.shape[0]
+        xs, ds, ns = xb.reshape(n, -1), db.reshape(n, -1), nb.reshape(n, -1)
         c, cz, pm, worst, _ = _group_stats(xs, ds, ns, rel_tol, min_pixels=max(1, (k**(x.ndim - 1)) // 2))
         fc.block[k] = {"chi2": c, "chi2_z": cz, "p_min": pm, "worst": worst}
     if center is not None and x.ndim == 3:
@@ -615,12 +631,15 @@ def compute_report(raw_stack_or_array: Any, denoised: Any, valid: Any = None, ge
     fnd = 2
     for a, x, d, v, fnd, n, frame in _iter_chunks(raw_stack_or_array, denoised, valid, chunk,
                                                           frame_ndim=frame_ndim):
-        r = (x - d) / np.sqrt(np.maximum(d, EPS))
-        rv = r[v]
-        hist += np.histogram(rv, bins=HIST_EDGES)[0]
-        below += int((rv < HIST_EDGES[0]).sum())
-        above += int((rv > HIST_EDGES[-1]).sum())
-        s1, s2, s3, nres = s1 + rv.sum(), s2 + (rv**2).sum(), s3 + (rv**3).sum(), nres + rv.size
+        rv = (x[v] - d[v]) / np.sqrt(np.maximum(d[v], EPS))
+        lo, step = HIST_EDGES[0], HIST_EDGES[1] - HIST_EDGES[0]
+        bins = np.floor((rv - lo) / step)
+        inside = (bins >= 0) & (bins < hist.size)
+        hist += np.bincount(bins[inside].astype(np.int64), minlength=hist.size)[: hist.size]
+        below += int((rv < lo).sum())
+        above += int((rv >= HIST_EDGES[-1]).sum())
+        rv2 = rv * rv
+        s1, s2, s3, nres = s1 + rv.sum(), s2 + rv2.sum(), s3 + (rv2 * rv).sum(), nres + rv.size
         parts.append(_checks_from_frames(x, d, v, blocks=(2, 4, 8), center=center if fnd == 2 else None,
                                          eps=EPS, rel_tol=0.05))
         xs = (x * v).sum(0)
@@ -763,4 +782,6 @@ def write_report(raw_stack_or_array: Any, denoised: Any, valid: Any, out_base: P
     with atomic_path(png_path) as tmp:
         _plot(rep, rimg, tmp.with_suffix(".png"))
         tmp.with_suffix(".png").replace(tmp)
+    for p in (json_path, png_path):  # temporary files are created private; reports are for sharing
+        os.chmod(p, 0o644)
     return json_path, png_path
