@@ -59,6 +59,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "infer_batch": ("infer", "batch_size", int),
     "j_invariant": ("infer", "j_invariant", bool),
     "tta": ("infer", "tta", bool),
+    "split_passes": ("infer", "split_passes", int),
 }
 
 
@@ -121,6 +122,8 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--infer-batch", type=int, help="frames per inference batch")
     g.add_argument("--j-invariant", action="store_const", const=True, help="J-invariant Noise2Self inference")
     g.add_argument("--tta", action="store_const", const=True, help="flip test-time augmentation")
+    g.add_argument("--split-passes", type=int,
+                   help="n2n-split: binomial splits averaged per frame (default 8; 0 = one full-frame pass, faster)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,7 +247,7 @@ def _train_printer(quiet: bool):
             val = f" val {ev.val_loss:.4g}" if ev.val_loss is not None else ""
             eta = f", {ev.eta_s:.0f} s left" if ev.eta_s is not None else ""
             trn = f"{ev.train_loss:.4g}" if ev.train_loss is not None else "-"
-            print(f"epoch {ev.epoch}/{ev.epochs}: loss {trn}{val} ({ev.elapsed_s:.0f} s{eta})", file=sys.stderr)
+            print(f"epoch {ev.epoch + 1}/{ev.epochs}: loss {trn}{val} ({ev.elapsed_s:.0f} s{eta})", file=sys.stderr)
         elif ev.kind == "cancelled":
             print("training stopped; keeping the best model so far", file=sys.stderr)
 

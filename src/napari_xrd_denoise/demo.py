@@ -21,25 +21,40 @@ def comparison_png(raw: np.ndarray, denoised: np.ndarray, valid: np.ndarray, pat
     den = np.where(valid, denoised, np.nan)
     hi = float(np.nanpercentile(np.sqrt(np.clip(raw, 0, None)), 99.7)) or 1.0
     res = (raw - den) / np.sqrt(np.maximum(den, 0.5))
-    wide = raw.shape[1] > 2 * raw.shape[0]
-    fig, axes = plt.subplots(3 if wide else 1, 1 if wide else 3, figsize=(12, 7) if wide else (15, 5))
+    zoom = _zoom_window(den, valid)
     panels = [
         ("raw counts (sqrt scale)", np.sqrt(np.clip(raw, 0, None)), dict(cmap="magma", vmin=0, vmax=hi)),
         ("denoised counts (sqrt scale)", np.sqrt(np.clip(den, 0, None)), dict(cmap="magma", vmin=0, vmax=hi)),
         ("Poisson residual (raw - denoised)/sqrt(denoised)", res, dict(cmap="coolwarm", vmin=-3, vmax=3)),
     ]
-    for ax, (name, img, kw) in zip(np.atleast_1d(axes), panels):
-        im = ax.imshow(img, interpolation="nearest", **kw)
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.02 if wide else 0.046, pad=0.01)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), gridspec_kw={"height_ratios": [1, 1.3]})
+    for col, (name, img, kw) in enumerate(panels):
+        for r, (im_data, title) in enumerate([(img, name), (img[zoom], "zoom")]):
+            ax = axes[r, col]
+            im = ax.imshow(im_data, interpolation="nearest", aspect="auto", **kw)
+            ax.set_title(title if r == 0 else f"zoom rows {zoom[0].start}-{zoom[0].stop}, "
+                         f"columns {zoom[1].start}-{zoom[1].stop}", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.01)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _zoom_window(den: np.ndarray, valid: np.ndarray, size: tuple[int, int] = (96, 160)) -> tuple[slice, slice]:
+    """A window around the brightest smoothed region of the denoised frame (where the rings are)."""
+    from scipy import ndimage
+
+    img = ndimage.uniform_filter(np.where(valid, np.nan_to_num(den), 0.0), 15)
+    cy, cx = np.unravel_index(int(np.argmax(img)), img.shape)
+    h, w = min(size[0], den.shape[0]), min(size[1], den.shape[1])
+    y0 = int(np.clip(cy - h // 2, 0, den.shape[0] - h))
+    x0 = int(np.clip(cx - w // 2, 0, den.shape[1] - w))
+    return slice(y0, y0 + h), slice(x0, x0 + w)
 
 
 def run_demo(out_dir: Path, epochs: int | None = None, device: str = "auto", quiet: bool = False) -> Path:

@@ -51,17 +51,19 @@ def resolve_device(name: str | None) -> tuple[torch.device, str]:
 
 
 def default_threads() -> int:
-    """Torch threads for the small default models: 1 on machines with up to 4 cores, else half the cores.
+    """Torch threads for training the small default models: 1 on machines with up to 2 cores, else half
+    the cores (at most 8).
 
-    Measured on a 2-core machine: the default U-Net trains faster with one thread than with two
-    (thread synchronisation costs more than it gains on 96x96 patches); see the engine report.
+    Measured on a 2-core machine (U-Net depth 3, width 8, batch 8 of 96x96): one training step takes
+    about 100 ms with one thread and 80 ms with two when the machine is idle, but 2-4x longer with two
+    as soon as anything else runs. Inference on whole frames is left at torch's default (all cores).
     """
     n = os.cpu_count() or 1
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         pass
-    return 1 if n <= 4 else max(1, min(8, n // 2))
+    return 1 if n <= 2 else max(2, min(8, n // 2))
 
 
 def available_devices() -> list[tuple[str, str]]:

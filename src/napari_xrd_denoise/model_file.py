@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +161,8 @@ class DenoiserModel:
 
     @property
     def frame_ndim(self) -> int:
-        return int(self.config.data.ndim)
+        nd = self.config.data.ndim or getattr(self.net, "ndim", None) or 2
+        return int(nd)
 
     @property
     def method(self) -> Method:
@@ -261,7 +260,7 @@ class DenoiserModel:
             norm = dict(d["norm"])
             history = json.loads(d.get("history") or "{}")
             in_ch = get_method(config.method.name)(config, norm=Normalizer.from_dict(norm)).in_channels
-            net = build_model(config.model, int(config.data.ndim), in_channels=in_ch)
+            net = build_model(config.model, int(config.data.ndim or 2), in_channels=in_ch)
             net.load_state_dict(d["state_dict"])
         except XRDError as e:
             raise XRDError(f"{label}: {e}") from None
@@ -278,8 +277,7 @@ class DenoiserModel:
             raise XRDError(f"{path}: model file not found")
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, AttributeError,
-                UnicodeDecodeError) as e:
+        except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on files that are not ours
             raise XRDError(f"{path}: not a napari-xrd-denoise model file ({type(e).__name__})") from None
         return cls.from_dict(d, device=device, label=str(path))
 
@@ -290,7 +288,7 @@ class DenoiserModel:
         extra = f", best val loss {best:.4g}" if isinstance(best, (int, float)) and math.isfinite(best) else ""
         return (
             f"{c.method.name} {c.model.arch} depth {c.model.depth} width {c.model.width} ({n:,} parameters), "
-            f"{c.data.ndim}D, transform {self.norm.get('transform')}, v{self.version}{extra}"
+            f"{self.frame_ndim}D, transform {self.norm.get('transform')}, v{self.version}{extra}"
         )
 
 

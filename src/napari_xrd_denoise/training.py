@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config
+from .config import Config, with_data_defaults
 from .devices import default_threads, resolve_device
 from .errors import XRDError
 from .io.atomic import atomic_path
 from .io.stack import ScanStack
-from .losses import link_rate, masked_mse, poisson_deviance
 from .methods import build_method, resolve_auto
 from .methods.base import (
     FrameSource,
@@ -44,6 +43,7 @@ from .models import build_model
 CACHE_BYTES = 512 * 2**20  # decoded frames kept in memory while training
 VAL_SEED_OFFSET = 7919
 HOLDOUT_KEY = "_holdout"
+GRAD_CLIP = 1.0  # gradient norm clip: keeps the Poisson loss from collapsing the output at high lr
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Trainer:
         checkpoint: str | Path | None = None,
         resume: bool = False,
     ):
-        cfg = Config.from_dict(config.to_dict())
+        cfg = with_data_defaults(Config.from_dict(config.to_dict()), int(stack.frame_ndim))
         cfg.data.ndim = int(stack.frame_ndim)
         stack.check_denoisable()
         cfg.method.name = resolve_auto(cfg, stack)
@@ -224,11 +224,21 @@ class Trainer:
         return x, t, w, sc
 
     def _loss(self, out: torch.Tensor, t: torch.Tensor, w: torch.Tensor, sc: torch.Tensor, space: str) -> torch.Tensor:
-        out = out.float()
-        if space == "poisson":
-            rate = sc * link_rate(out, self.norm.mean, self.norm.std, self.norm.transform)
-            return poisson_deviance(rate, t, w)
-        return masked_mse(out, t, w)
+        return self.method.loss(out, t, w, sc, space)
+
+    @staticmethod
+    def _backward_step(loss: torch.Tensor, net: torch.nn.Module, opt, scaler) -> None:
+        """Backward pass, gradient-norm clip (``GRAD_CLIP``) and optimiser step, with or without AMP."""
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
+            opt.step()
 
     def _val_plan(self) -> list[tuple[int, tuple[int, ...]]]:
         """Fixed (frame, window start) pairs of the validation patches."""
@@ -394,7 +404,7 @@ class Trainer:
             start_epoch, step = int(d["epoch"]) + 1, int(d["step"])
             self._elapsed0 = float(d.get("elapsed_s", 0.0))
 
-        for msg in (self.device_message, self.residual_note):
+        for msg in (self.device_message, self.residual_note, *self.method.messages):
             if msg:
                 self._emit("message", message=msg)
         self._emit("start", epoch=start_epoch, epochs=tc.epochs, step=step, total_steps=total,
@@ -428,13 +438,7 @@ class Trainer:
                 with self._autocast():
                     out = net(x)
                 loss = self._loss(out, t, w, sc, space)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                self._backward_step(loss, net, opt, scaler)
                 sched.step()
                 step += 1
                 steps_done_now += 1
@@ -491,6 +495,8 @@ class Trainer:
         if best.get("state") is not None:
             net.load_state_dict(best["state"])
         net.eval()
+        # the saved config names the loss space the weights were trained in (inference converts by it)
+        cfg.method.loss = best.get("space") or self.method.loss_space(None)
         model = self._model()
         model._method = None
         el = self._elapsed()

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import importlib
 
-import numpy as np
-
 from ..config import Config
 from ..errors import XRDError
 from ..io.stack import ScanStack
-from .base import FrameSource, Method, Normalizer, Sample  # noqa: F401
+from .base import FrameSource, Method, Normalizer, Sample, is_integer_data  # noqa: F401
 
 _BUILTIN = {
     "n2s": ("napari_xrd_denoise.methods.n2s", "Noise2Self"),
@@ -64,31 +62,22 @@ def get_method(name: str) -> type[Method]:
 
 
 def _is_integer_data(stack: ScanStack, source: FrameSource | None = None, n: int = 2) -> bool:
-    if stack.dtype.kind in "iu":
-        return True
-    if stack.dtype.kind != "f":
-        return False
-    src = source or FrameSource(stack, cache_frames=n)
-    for i in np.unique(np.linspace(0, stack.n_frames - 1, min(n, stack.n_frames)).round().astype(int)):
-        c, v = src.get(int(i))
-        vals = c[v]
-        if vals.size and not np.allclose(vals, np.round(vals), atol=1e-6):
-            return False
-    return True
+    return is_integer_data(stack, source, n)
 
 
 def resolve_auto(config: Config, stack: ScanStack) -> str:
     """The method ``"auto"`` stands for, given the data.
 
-    Rules (measured on synthetic ring patterns with Poisson noise, 64x64-128x128 crops, same short
-    training budget; PSNR on the square-root scale, see tests/test_methods.py):
-
     * 1D spectra with several rows -> ``n2n-frames``: repeated realisations of one spectrum are the
-      textbook Noise2Noise case and beat blind-spot methods, which cannot use the other rows.
+      textbook Noise2Noise case; blind-spot methods cannot use the other rows.
     * Integer (photon-counting) data with ``transform`` Anscombe/GAT -> ``n2n-split``: binomial
-      splitting turns every frame into an independent input/target pair, so every pixel enters the
-      loss (blind-spot methods use 1/16 of them) and the network sees the pixel itself at inference.
-      On the synthetic benchmark it gained clearly more PSNR than Noise2Self in the same time.
+      splitting makes every frame an independent input/target pair, every valid pixel enters the loss
+      and the network sees the pixel itself. Measured (U-Net depth 3 width 8, lr 3e-3, 20x50 steps):
+      9 synthetic 512x512 ring frames at 5 counts/pixel, PSNR (square-root scale) 35.4 dB vs 33.9 dB
+      for ``n2s`` (raw 16.9 dB); 128x128 at 50 counts 33.0 vs 28.3 dB; real LaB6 Pilatus frames thinned
+      to 5 %: square-root-scale MSE 0.028 vs 0.066 (raw 0.263), azimuthal-profile error 8 % vs 25 %
+      (bright pixels keep their flux: 0.997 vs 1.02). ``n2s`` was ahead only in short runs on small,
+      smooth, low-dose frames (128x128, <= 5 counts/pixel, 180 steps: by 0.3-2 dB).
     * Anything else (float data, background-subtracted data, ``transform='none'``) -> ``n2s``:
       binomial splitting needs counts; Noise2Self only assumes pixel-independent zero-mean noise.
     """
@@ -110,5 +99,5 @@ def build_method(config: Config, stack: ScanStack | None = None, *, frame_ndim: 
             raise XRDError("method.name='auto' needs the data to choose a method")
         name = resolve_auto(config, stack)
     cls = get_method(name)
-    nd = frame_ndim if frame_ndim is not None else (stack.frame_ndim if stack is not None else config.data.ndim)
+    nd = frame_ndim if frame_ndim is not None else (stack.frame_ndim if stack is not None else (config.data.ndim or 2))
     return cls(config, frame_ndim=nd, norm=norm)

@@ -136,6 +136,21 @@ class FrameSource:
             self._cache.popitem(last=False)
 
 
+def is_integer_data(stack: ScanStack, source: FrameSource | None = None, n: int = 2) -> bool:
+    """Whether the stack holds counts: an integer dtype, or floats that are whole numbers in a few frames."""
+    if stack.dtype.kind in "iu":
+        return True
+    if stack.dtype.kind != "f":
+        return False
+    src = source or FrameSource(stack, cache_frames=n)
+    for i in np.unique(np.linspace(0, stack.n_frames - 1, min(n, stack.n_frames)).round().astype(int)):
+        c, v = src.get(int(i))
+        vals = c[v]
+        if vals.size and not np.allclose(vals, np.round(vals), atol=1e-6):
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # Scales
 # --------------------------------------------------------------------------------------------------
@@ -350,10 +365,15 @@ def replace_hidden(
     ``mode``: ``"zero"`` (the neutral value 0 of the network scale), ``"interp"`` (the fixed neighbour
     kernel ``[[.5,1,.5],[1,0,1],[.5,1,.5]]`` renormalised over neighbours that are valid and not hidden;
     1D: the mean of the two neighbours), ``"random"`` (the value of a random valid neighbour of the
-    3x3 / 3 neighbourhood, never the pixel itself). The replacement never uses a hidden pixel's own value.
+    3x3 / 3 neighbourhood, never the pixel itself). The replacement never uses a hidden pixel's own value;
+    hidden pixels that are invalid get the neutral value 0.
     """
     ndim = hidden.ndim
     out = np.array(x, dtype=np.float32, copy=True)
+    valid = np.asarray(valid, dtype=bool)
+    if np.any(hidden & ~valid):  # invalid pixels keep the neutral value, hidden or not
+        out[np.broadcast_to(hidden & ~valid, out.shape)] = 0.0
+        hidden = hidden & valid
     hid = np.broadcast_to(hidden, out.shape)
     if mode == "zero":
         out[hid] = 0.0
@@ -411,6 +431,18 @@ class Method:
     (raise :class:`XRDError` if the data do not suit the method) and ``m.attach(source, reference)``.
     The same class, built from the config and the normaliser stored in a model file, runs inference.
 
+    What a subclass provides, by the six questions the trainer and predictor ask:
+      (a) which frames are training targets: :meth:`train_indices`;
+      (b) extra context for a target: :meth:`load` / :meth:`load_infer` (read any frame through the
+          :class:`FrameSource`; ``self.reference`` holds paired frames for supervised training);
+      (c) network input channels: :attr:`in_channels` (and :attr:`allow_residual`);
+      (d) samples: :meth:`make_sample`;
+      (e) loss space per epoch: :meth:`loss_space` (``"mse"`` / ``"poisson"``), the loss itself:
+          :meth:`loss` (override to add terms), the output conversion: :meth:`to_counts`;
+      (f) inference for a batch: :meth:`predict` (network scale) or :meth:`denoise` (counts).
+    ``messages`` collects one-line notes (e.g. a loss fallback) that the trainer shows as events.
+    Hooks called by the trainer: :meth:`check`, :meth:`attach`, :meth:`begin_epoch`.
+
     Class attributes:
       ``name``: the registry name (one of ``config.METHODS``).
       ``needs_reference``: the trainer must be given a paired ``reference`` stack.
@@ -425,11 +457,13 @@ class Method:
     def __init__(self, config: Config, *, frame_ndim: int | None = None, norm: Normalizer | None = None):
         self.config = config
         self.mc = config.method
-        self.ndim = int(frame_ndim if frame_ndim is not None else config.data.ndim)
+        self.ndim = int(frame_ndim if frame_ndim is not None else (config.data.ndim or 2))
         self.norm = norm if norm is not None else Normalizer.from_config(config)
         self.source: FrameSource | None = None
         self.reference: FrameSource | None = None
         self.epoch = 0
+        self.messages: list[str] = []  # notes for the user; the trainer emits them as "message" events
+        self.integer_data = True  # set by check(); a loaded model keeps the space it was trained in
 
     # ---- (c) network channels, (e) loss space ----------------------------------------------------
     @property
@@ -453,8 +487,9 @@ class Method:
         return "mse"
 
     def poisson_ok(self) -> bool:
-        """The Poisson loss needs count targets: Anscombe (or GAT) data, not ``transform='none'``."""
-        return self.norm.transform in ("anscombe", "gat")
+        """The Poisson loss needs count targets: Anscombe (or GAT) data, not ``transform='none'``, and
+        integer counts (:meth:`check` records whether the data are)."""
+        return self.norm.transform in ("anscombe", "gat") and self.integer_data
 
     def loss_space(self, epoch: int | None = None) -> str:
         """Loss space for a training epoch (``None``: the space of the final model, used at inference)."""
@@ -465,10 +500,32 @@ class Method:
             want = "mse"
         return want
 
+    def loss(self, out, target, weight, scale, space: str):
+        """Training / validation loss on torch tensors (``out``: network output ``(B, 1, *patch)``;
+        ``target``, ``weight`` the same shape; ``scale`` ``(B, 1, ...)``). MSE: weighted MSE on the
+        network scale. Poisson: the Poisson deviance of ``rate = scale * link(out)`` (same gradient as
+        the NLL, 0 at a perfect fit). Methods may add terms."""
+        from ..losses import link_rate, masked_mse, poisson_deviance
+
+        out = out.float()
+        if space == "poisson":
+            rate = scale * link_rate(out, self.norm.mean, self.norm.std, self.norm.transform)
+            return poisson_deviance(rate, target, weight)
+        return masked_mse(out, target, weight)
+
     # ---- setup -----------------------------------------------------------------------------------
     def check(self, stack: ScanStack) -> None:
-        """Raise XRDError (one line, naming the parameter/file) if the method cannot use ``stack``."""
+        """Raise XRDError (one line, naming the parameter/file) if the method cannot use ``stack``.
+
+        The base check also records whether the data are integer counts (for :meth:`poisson_ok`) and
+        notes a requested Poisson loss that cannot be used."""
         stack.check_denoisable()
+        self.integer_data = (not stack.keep_negatives) and is_integer_data(stack)
+        if self.mc.loss == "poisson" and not self.poisson_ok():
+            self.messages.append(
+                f"method.loss=poisson needs integer counts with data.transform anscombe/gat; {stack.label} "
+                "does not qualify, so the MSE loss is used"
+            )
 
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
         if self.needs_reference and reference is None:
