@@ -161,3 +161,13 @@ def test_console_script_runs_without_traceback(tmp_path):
                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert r.returncode == 2
     assert "nothing.h5" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_denoise_with_qc_report(tmp_path, capsys):
+    inp, counts = _write_scan(tmp_path)
+    out = tmp_path / "qc_out.h5"
+    code, _, err = run_cli(["denoise", inp, "-o", out, "--method", "n2s", "--qc", *_flags(**FAST)], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "qc_out.h5.qc.json").read_text())
+    assert rep["n_frames"] == 6 and len(rep["frames"]["chi2"]) == 6
+    assert (tmp_path / "qc_out.h5.qc.png").stat().st_size > 10_000

@@ -244,9 +244,13 @@ def denoise(
             from .qc import write_report
             from .io.writers import read_result
 
-            den, valid, _ = read_result(out)
-            write_report(stack, np.asarray(den), np.asarray(valid), out, geometry=stack.geometry,
-                         center=cfg.method.center)
+            import dask.array as da
+
+            den, valid, _ = read_result(out)  # h5py datasets or arrays; streamed by the report, not loaded
+            den, valid = (x if x is None or isinstance(x, np.ndarray) else da.from_array(x, chunks=x.chunks or "auto")
+                          for x in (den, valid))
+            write_report(stack, den, valid, out, geometry=stack.geometry, center=cfg.method.center,
+                         frame_ndim=stack.frame_ndim)
     return result
 
 
