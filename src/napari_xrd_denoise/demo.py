@@ -29,10 +29,10 @@ def comparison_png(raw: np.ndarray, denoised: np.ndarray, valid: np.ndarray, pat
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), gridspec_kw={"height_ratios": [1, 1.3]})
     for col, (name, img, kw) in enumerate(panels):
-        for r, (im_data, title) in enumerate([(img, name), (img[zoom], "zoom")]):
+        for r, im_data in enumerate([img, img[zoom]]):
             ax = axes[r, col]
             im = ax.imshow(im_data, interpolation="nearest", aspect="auto", **kw)
-            ax.set_title(title if r == 0 else f"zoom rows {zoom[0].start}-{zoom[0].stop}, "
+            ax.set_title(name if r == 0 else f"zoom rows {zoom[0].start}-{zoom[0].stop}, "
                          f"columns {zoom[1].start}-{zoom[1].stop}", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
