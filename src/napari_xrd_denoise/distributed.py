@@ -17,6 +17,7 @@ of chunks in flight, and writes them in order through :class:`~napari_xrd_denois
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -25,9 +26,10 @@ import pickle
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,21 +57,33 @@ class ReopenSpec:
     saturation: float | None
     scan_shape: tuple[int, ...]
     static_valid: np.ndarray | None
+    stamp: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the file: a replaced file is opened anew
 
     def key(self) -> str:
+        sv = self.static_valid
         h = hashlib.sha256(repr((self.path, self.dataset, self.ndim, self.keep_negatives, self.saturation,
-                                 self.scan_shape)).encode())
-        if self.static_valid is not None:
-            h.update(np.packbits(self.static_valid).tobytes())
+                                 self.scan_shape, self.stamp, None if sv is None else sv.shape)).encode())
+        if sv is not None:
+            h.update(np.packbits(sv).tobytes())
         return h.hexdigest()
 
     def open(self) -> ScanStack:
         from .io.readers import open_stack
 
-        s = open_stack(self.path, dataset=self.dataset, ndim=self.ndim, keep_negatives=self.keep_negatives,
+        # a DECTRIS master's stack is labelled "entry/data/data_*", which open_stack finds by itself
+        ds = None if self.dataset and "*" in self.dataset else self.dataset
+        s = open_stack(self.path, dataset=ds, ndim=self.ndim, keep_negatives=self.keep_negatives,
                        saturation=self.saturation)
         s = s.with_scan_shape(self.scan_shape) if s.n_frames == math.prod(self.scan_shape or (1,)) else s
         return replace(s, static_valid=self.static_valid)
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return (0, 0)
+    return (int(st.st_mtime_ns), int(st.st_size))
 
 
 def reopen_spec(stack: ScanStack) -> ReopenSpec | None:
@@ -85,6 +99,7 @@ def reopen_spec(stack: ScanStack) -> ReopenSpec | None:
         path=str(src), dataset=stack.dataset, ndim=int(stack.frame_ndim), keep_negatives=bool(stack.keep_negatives),
         saturation=stack.saturation, scan_shape=tuple(stack.scan_shape) or (1,),
         static_valid=None if stack.static_valid is None else np.asarray(stack.static_valid, dtype=bool),
+        stamp=_stamp(src),
     )
     try:
         other = spec.open()
@@ -316,7 +331,7 @@ def _connect(workers: int, scheduler: str | None, timeout: float):
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=False)
         except Exception as e:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address
-            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else f"no answer, {type(e).__name__}"
             raise XRDError(f"--scheduler {scheduler}: cannot reach a dask scheduler ({msg})") from None
         try:
             client.wait_for_workers(1, timeout=timeout)
@@ -327,8 +342,9 @@ def _connect(workers: int, scheduler: str | None, timeout: float):
     n = int(workers)
     if n < 1:
         raise XRDError(f"--workers {workers} must be at least 1")
+    # no dashboard; the scheduler's small HTTP server on a free port (never a warning about port 8787)
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)
     try:
         client = Client(cluster, set_as_default=False)
     except BaseException:
@@ -358,12 +374,13 @@ def predict_distributed(
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     device: str | None = None,
-    connect_timeout: float = CONNECT_TIMEOUT_S,
+    connect_timeout: float | None = None,
 ) -> np.ndarray | Path:
     """Denoise every frame of ``stack`` on dask workers; same result and outputs as ``predict_stack``.
 
     ``workers=N`` starts a local cluster of N single-threaded processes (closed afterwards);
-    ``scheduler="tcp://host:8786"`` uses an existing cluster. ``device``: force every worker onto one
+    ``scheduler="tcp://host:8786"`` uses an existing cluster (``connect_timeout`` seconds to reach it and
+    see a worker; default ``CONNECT_TIMEOUT_S``). ``device``: force every worker onto one
     device (default: the worker's GPU, ``cuda:{index % GPUs}``, else the CPU). ``output=None`` returns
     the float32 array; otherwise the path of the output (written atomically, ``resume`` as in
     ``predict_stack``). ``cancel`` stops between chunks and leaves no output.
@@ -413,17 +430,13 @@ def predict_distributed(
     client = cluster = None
     futures: dict = {}
     try:
-        client, cluster = _connect(workers, scheduler, connect_timeout)
+        timeout = CONNECT_TIMEOUT_S if connect_timeout is None else float(connect_timeout)
+        client, cluster = _connect(workers, scheduler, timeout)
         from distributed import as_completed
 
         n_workers = _n_workers(client)
         model_future = client.scatter(model_blob, broadcast=True)
         spec_future = client.scatter(spec, broadcast=True)
-        recorder_method = None
-        if send_frames:
-            recorder_method = get_method(model.config.method.name)(
-                model.config, frame_ndim=model.frame_ndim, norm=model.normalizer
-            )
         flat = stack.flat()
         chunks = iter([(c0, min(n, c0 + chunk)) for c0 in range(start, n, chunk)])
         limit = max(2, 2 * n_workers)
@@ -441,11 +454,16 @@ def predict_distributed(
             frames = None
             if send_frames:
                 rec = _Recorder(stack)
+                # a fresh method: its caches are keyed by id(source), which a new recorder may reuse
+                recorder = get_method(model.config.method.name)(model.config, frame_ndim=model.frame_ndim,
+                                                                norm=model.normalizer)
                 for i in range(c0, c1):
-                    recorder_method.load_infer(i, rec)
-                idx = np.array(sorted(rec.seen | set(range(c0, c1))), dtype=int)
-                raw = np.stack([np.asarray(flat[int(i)].compute()) for i in idx])
-                frames = (idx, raw)
+                    recorder.load_infer(i, rec)
+                extra = sorted(rec.seen - set(range(c0, c1)))  # context frames outside the chunk
+                raw = np.asarray(flat[c0:c1].compute())
+                if extra:
+                    raw = np.concatenate([raw, np.stack([np.asarray(flat[i].compute()) for i in extra])])
+                frames = (np.array(list(range(c0, c1)) + extra, dtype=int), raw)
             fut = client.submit(denoise_chunk, model_key, model_future, spec_future, c0, c1, infer_dict, device,
                                 frames, pure=False)
             futures[fut] = (c0, c1)
@@ -464,7 +482,7 @@ def predict_distributed(
                 r0, out, valid = fut.result()
             except XRDError:
                 raise
-            except Exception as e:  # noqa: BLE001 - a worker died or a task failed
+            except Exception as e:  # a worker died or a task failed
                 name = type(e).__name__
                 if name == "KilledWorker":
                     raise XRDError(
@@ -486,24 +504,18 @@ def predict_distributed(
                 raise Cancelled("prediction cancelled")
     except BaseException:
         for f in list(futures):
-            try:
+            with contextlib.suppress(Exception):
                 f.cancel()
-            except Exception:  # noqa: BLE001
-                pass
         if writer is not None:
             writer.abort()
         raise
     finally:
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.close()
-            except Exception:  # noqa: BLE001
-                pass
         if cluster is not None:
-            try:
+            with contextlib.suppress(Exception):
                 cluster.close()
-            except Exception:  # noqa: BLE001
-                pass
     if writer is not None:
         writer.close()
         return Path(output)
