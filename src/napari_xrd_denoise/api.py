@@ -200,7 +200,7 @@ def predict(
 
         return predict_distributed(
             model, stack, output, infer=cfg.infer, workers=workers, scheduler=scheduler,
-            overwrite=overwrite, provenance=prov, progress=progress,
+            overwrite=overwrite, resume=resume, cancel=cancel, provenance=prov, progress=progress,
         )
     return predict_stack(
         model, stack, output, infer=cfg.infer, progress=progress, cancel=cancel,

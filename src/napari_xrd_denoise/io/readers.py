@@ -11,13 +11,16 @@ pixel is valid. Every input is opened read-only.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import logging
 import math
 import os
 import re
 import tempfile
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -907,8 +910,11 @@ def _open_tiff(path: Path, ndim: int | None) -> dict[str, Any]:
 def _fabio_nframes(path: str) -> tuple[int, tuple[int, ...], np.dtype, dict]:
     import fabio
 
+    if path.lower().endswith(".cbf"):
+        _check_cbf(path)
     try:
-        img = fabio.open(path)
+        with _quiet_readers():
+            img = fabio.open(path)
     except Exception as e:
         raise InputFileError(f"{path}: not a readable image file ({_short(e)})") from None
     data = np.asarray(img.data) if img.data is not None else None
@@ -920,6 +926,8 @@ def _fabio_nframes(path: str) -> tuple[int, tuple[int, ...], np.dtype, dict]:
         img.close()
     except Exception:
         pass
+    if path.lower().endswith(".edf"):
+        _check_edf(path, header, tuple(data.shape), data.dtype, n)
     return n, tuple(data.shape), data.dtype, header
 
 
@@ -1369,6 +1377,32 @@ def load_poni(path: str | Path, frame_shape: Sequence[int]) -> tuple[dict[str, A
 # ------------------------------------------------------------------------------------------------
 # the entry point
 # ------------------------------------------------------------------------------------------------
+def _dispatch(fmt: str, path: Path, dataset: str | None, ndim: int | None) -> dict[str, Any]:
+    """Open ``path`` with the reader of its format."""
+    if fmt == "hdf5":
+        return _open_hdf5(path, dataset, ndim)
+    elif fmt == "npy":
+        return _open_npy(path, ndim)
+    elif fmt == "npz":
+        return _open_npz(path, dataset, ndim)
+    elif fmt == "tiff":
+        return _open_tiff(path, ndim)
+    elif fmt == "fabio":
+        return _open_fabio(path, ndim)
+    elif fmt == "series":
+        return _open_series(path, ndim)
+    elif fmt == "csv":
+        return _open_csv(path)
+    elif fmt == "mca":
+        return _open_mca_files([str(path)], str(path))
+    elif fmt == "mib":
+        return _open_mib(path)
+    elif fmt == "zip":
+        return _open_zip(path, dataset, ndim)
+    else:  # pragma: no cover - detect_format returns only the names above
+        raise InputFileError(f"{path}: unsupported format {fmt}")
+
+
 def open_stack(
     path: str | Path,
     dataset: str | None = None,
@@ -1393,31 +1427,13 @@ def open_stack(
     if dataset and fmt not in ("hdf5", "npz", "zip"):
         raise InputFileError(f"{path}: --dataset {dataset} applies only to HDF5, .npz and .zip inputs")
     try:
-        if fmt == "hdf5":
-            r = _open_hdf5(path, dataset, ndim)
-        elif fmt == "npy":
-            r = _open_npy(path, ndim)
-        elif fmt == "npz":
-            r = _open_npz(path, dataset, ndim)
-        elif fmt == "tiff":
-            r = _open_tiff(path, ndim)
-        elif fmt == "fabio":
-            r = _open_fabio(path, ndim)
-        elif fmt == "series":
-            r = _open_series(path, ndim)
-        elif fmt == "csv":
-            r = _open_csv(path)
-        elif fmt == "mca":
-            r = _open_mca_files([str(path)], str(path))
-        elif fmt == "mib":
-            r = _open_mib(path)
-        elif fmt == "zip":
-            r = _open_zip(path, dataset, ndim)
-        else:  # pragma: no cover - detect_format returns only the names above
-            raise InputFileError(f"{path}: unsupported format {fmt}")
+        with _quiet_readers():
+            r = _dispatch(fmt, path, dataset, ndim)
     except XRDError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError, EOFError, zipfile.BadZipFile) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # third-party readers raise anything (ZeroDivisionError, struct.error, ...)
         raise InputFileError(f"{label}: cannot read ({_short(e)})") from None
     frame_ndim = r.pop("frame_ndim", 2)
     if ndim == 2 and frame_ndim == 1 and fmt in ("csv", "mca"):
@@ -1452,8 +1468,54 @@ def open_stack(
     if scan_shape is not None:
         stack = stack.with_scan_shape(scan_shape)
     stack.check_denoisable()
-    _check_some_valid(stack)
+    try:
+        with _quiet_readers():
+            _check_some_valid(stack)
+    except (XRDError, MemoryError):
+        raise
+    except Exception as e:  # a frame that cannot be decoded
+        raise InputFileError(f"{label}: cannot read its frames ({_short(e)})") from None
     return stack
+
+
+@contextlib.contextmanager
+def _quiet_readers():
+    """Keep tifffile/fabio/PIL log lines and warnings off stderr: our error is the one line users see."""
+    loggers = [logging.getLogger(n) for n in ("tifffile", "fabio", "PIL")]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:  # child loggers (fabio.edfimage, ...) inherit this level
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, b in zip(loggers, before):
+            lg.setLevel(b)
+
+
+def _check_cbf(path: str) -> None:
+    """fabio loops forever on a CBF whose binary section lacks its starter bytes: refuse it first."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if b"_array_data.data" in data and b"\x0c\x1a\x04\xd5" not in data:
+        raise InputFileError(f"{path}: CBF binary section has no starter bytes (truncated or corrupt file)")
+
+
+def _check_edf(path: str, header: dict, frame: tuple[int, ...], dtype: np.dtype, nframes: int) -> None:
+    """fabio pads a truncated EDF with zeros (invented counts): refuse a file shorter than its header says."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end = head.find(b"}")
+    if end < 0:
+        raise InputFileError(f"{path}: EDF header is not terminated")
+    start = head.find(b"\n", end) + 1 or end + 1
+    try:
+        size = int(header.get("Size", 0)) or int(np.prod(frame)) * np.dtype(dtype).itemsize
+    except (TypeError, ValueError):
+        size = int(np.prod(frame)) * np.dtype(dtype).itemsize
+    if nframes == 1 and os.path.getsize(path) - start < size:
+        raise InputFileError(f"{path}: EDF data is shorter than its header says (truncated file)")
 
 
 _STACK_FIELDS = {

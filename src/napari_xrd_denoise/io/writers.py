@@ -127,7 +127,7 @@ class ResultWriter:
                 self._create()
         except XRDError:
             raise
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             self._fail(e)
 
     # --- creation / resume -----------------------------------------------------------------------
@@ -177,6 +177,14 @@ class ResultWriter:
             f.flush()
         elif self.kind == "npy":
             self._mm = np.lib.format.open_memmap(self.part, mode="w+", dtype=np.float32, shape=self.shape)
+            # a memory map is a sparse file: reserve its blocks now, so a full disk is an ENOSPC error
+            # here instead of a SIGBUS while writing
+            fd = os.open(self.part, os.O_RDWR)
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
             if self.static_valid:
                 self._static = np.ones(self.frame_shape, dtype=bool)
             self._save_state()
@@ -282,12 +290,12 @@ class ResultWriter:
             self._write(start, block, valid)
         except XRDError:
             raise
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # h5py reports a full disk as RuntimeError("... errno = 28")
             self._fail(e)
         self._mark(start, start + k)
         try:
             self._flush_progress()
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             self._fail(e)
 
     def _write(self, start: int, block: np.ndarray, valid: np.ndarray) -> None:
@@ -355,6 +363,7 @@ class ResultWriter:
                 self._h5["entry"].attrs["complete"] = int(self.n_done >= self.n_frames)
                 self._h5.close()
                 self._h5 = None
+                self._verify_h5()
             elif self.kind == "npy":
                 self._mm.flush()
                 del self._mm
@@ -378,10 +387,25 @@ class ResultWriter:
             os.replace(self.part, self.path)
         except XRDError:
             raise
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             self._fail(e)
         self._closed = True
         return self.path
+
+    def _verify_h5(self) -> None:
+        """HDF5 may report a failed write only later (or never): check the closed file before renaming it."""
+        import shutil
+
+        import h5py
+
+        if shutil.disk_usage(self.part.parent).free < 64 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device after writing")
+        with h5py.File(self.part, "r") as f:
+            d = f["entry/data/data"]
+            if int(f["entry"].attrs.get("n_done", -1)) != self.n_done:
+                raise OSError(errno.EIO, "the written file does not hold the frames that were written")
+            if d.size:
+                d[(-1,) * (d.ndim - self.frame_ndim)] if d.ndim > self.frame_ndim else d[...]
 
     def abort(self) -> None:
         """Stop and remove every temporary file; no output is left."""
@@ -400,7 +424,7 @@ class ResultWriter:
             with contextlib.suppress(OSError):
                 p.unlink()
 
-    def _fail(self, e: OSError) -> None:
+    def _fail(self, e: BaseException) -> None:
         self.abort()
         if _disk_full(e):
             raise XRDError(f"{self.path}: disk full while writing; no output was kept") from None
