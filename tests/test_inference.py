@@ -199,3 +199,31 @@ def test_resume_continues_an_interrupted_output(tmp_path):
     got = np.load(out)
     np.testing.assert_allclose(got[:2], marker, equal_nan=True)  # kept, not recomputed
     np.testing.assert_allclose(got[2:], mem[2:], atol=1e-6, equal_nan=True)
+
+
+def test_out_of_memory_retries_with_smaller_batch_and_tile(caplog):
+    """A device that runs out of memory for batches > 1 or tiles > 64 px: the result equals the plain run."""
+    import logging
+
+    from napari_xrd_denoise.model_file import run_network
+
+    class Picky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            if x.shape[0] > 1 or x.shape[-1] > 64:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    net = Picky()
+    x = np.random.default_rng(0).normal(size=(3, 1, 100, 100)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="napari_xrd_denoise"):
+        out = run_network(net, x, device=torch.device("cpu"), batch_size=4, tile=128, overlap=16)
+    assert "out of memory" in caplog.text and "batch 1" in caplog.text and "tile 64" in caplog.text
+    with torch.no_grad():
+        ref = net.conv(torch.from_numpy(x))[:, 0].numpy()
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    np.testing.assert_allclose(out[inner], ref[inner], atol=1e-4)

@@ -8,7 +8,9 @@ in-memory inference path used by the trainer's previews and by :mod:`napari_xrd_
 from __future__ import annotations
 
 import json
+import logging
 import math
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,52 @@ def _window_1d(tile: int, overlap: int, first: bool, last: bool) -> np.ndarray:
     return w
 
 
+_log = logging.getLogger("napari_xrd_denoise")
+_OOM_LIMITS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, int]]" = weakref.WeakKeyDictionary()
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
 def run_network(
+    net: torch.nn.Module,
+    x: np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int = 4,
+    tile: int = 512,
+    overlap: int = 32,
+    amp: bool = False,
+) -> np.ndarray:
+    """:func:`_run_network_once`, retried with half the batch (then half the tile) when the device runs
+    out of memory; says so once in the log, and remembers the smaller sizes for this network."""
+    bs, t = _OOM_LIMITS.get(net, (int(batch_size), int(tile)))
+    bs, t = min(bs, int(batch_size)), min(t, int(tile))
+    while True:
+        try:
+            out = _run_network_once(net, x, device=device, batch_size=bs, tile=t, overlap=overlap, amp=amp)
+            if (bs, t) != (int(batch_size), int(tile)):
+                _OOM_LIMITS[net] = (bs, t)
+            return out
+        except Exception as e:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not _is_oom(e):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if bs > 1:
+                bs //= 2
+            elif t // 2 >= max(64, 4 * overlap):
+                t //= 2
+            else:
+                raise XRDError(
+                    f"out of memory on {device} even with batch 1 and tile {t}: try --device cpu"
+                ) from None
+            _log.warning("%s ran out of memory: retrying with batch %d and tile %d", device, bs, t)
+
+
+def _run_network_once(
     net: torch.nn.Module,
     x: np.ndarray,
     *,
