@@ -68,6 +68,15 @@ class XRDState:
     def config_copy(self) -> Config:
         return copy.deepcopy(self.config)
 
+    def commit(self, apply_to) -> Config:
+        """Apply one widget's settings (``apply_to(cfg) -> cfg``) to a copy of the shared Config,
+        validate it, make it the shared Config and announce it."""
+        cfg = apply_to(self.config_copy())
+        cfg.validate()
+        self.config = cfg
+        self.config_changed.emit(cfg)
+        return cfg
+
     # --- stack and masks ------------------------------------------------------------------------
     def set_stack(self, stack: ScanStack | None, layer_name: str | None = None) -> None:
         self.stack = stack

@@ -204,11 +204,7 @@ class LoadWidget(QWidget):
 
     def to_config(self) -> Config:
         """The shared Config with this widget's settings (data section), validated."""
-        cfg = self.apply_to(self.state.config_copy())
-        cfg.validate()
-        self.state.config = cfg
-        self.state.config_changed.emit(cfg)
-        return cfg
+        return self.state.commit(self.apply_to)
 
     def set_from_config(self, cfg: Config) -> None:
         d = cfg.data

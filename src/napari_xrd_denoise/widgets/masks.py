@@ -144,11 +144,7 @@ class MaskWidget(QWidget):
         return cfg
 
     def to_config(self) -> Config:
-        cfg = self.apply_to(self.state.config_copy())
-        cfg.validate()
-        self.state.config = cfg
-        self.state.config_changed.emit(cfg)
-        return cfg
+        return self.state.commit(self.apply_to)
 
     def set_from_config(self, cfg: Config) -> None:
         m = cfg.method

@@ -186,11 +186,7 @@ class PredictWidget(QWidget):
         return cfg
 
     def to_config(self) -> Config:
-        cfg = self.apply_to(self.state.config_copy())
-        cfg.validate()
-        self.state.config = cfg
-        self.state.config_changed.emit(cfg)
-        return cfg
+        return self.state.commit(self.apply_to)
 
     def _refresh_layers(self, *_):
         cur = self.reference.currentText()

@@ -195,11 +195,7 @@ class TrainWidget(QWidget):
 
     def to_config(self) -> Config:
         """The shared Config (data and masks from the other widgets) with this widget's settings, validated."""
-        cfg = self.apply_to(self.state.config_copy())
-        cfg.validate()
-        self.state.config = cfg
-        self.state.config_changed.emit(cfg)
-        return cfg
+        return self.state.commit(self.apply_to)
 
     def set_from_config(self, cfg: Config) -> None:
         m, mo, t = cfg.method, cfg.model, cfg.train
