@@ -60,6 +60,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "j_invariant": ("infer", "j_invariant", bool),
     "tta": ("infer", "tta", bool),
     "split_passes": ("infer", "split_passes", int),
+    "preserve_profile": ("infer", "preserve_profile", bool),
 }
 
 
@@ -122,6 +123,9 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--infer-batch", type=int, help="frames per inference batch")
     g.add_argument("--j-invariant", action="store_const", const=True, help="J-invariant Noise2Self inference")
     g.add_argument("--tta", action="store_const", const=True, help="flip test-time augmentation")
+    g.add_argument("--preserve-profile", action="store_const", const=True,
+                   help="keep the raw data's azimuthal profile: rescale the result ring by ring "
+                        "(needs --poni or --center)")
     g.add_argument("--split-passes", type=int,
                    help="n2n-split: binomial splits averaged per frame (default 8; 0 = one full-frame pass, faster)")
 

@@ -118,6 +118,7 @@ class InferConfig:
     j_invariant: bool = False  # n2s: sum over all mask phases
     tta: bool = False  # flip test-time augmentation
     split_passes: int = 8  # n2n-split: binomial splits averaged per frame (0 = one full-frame pass, 8x faster)
+    preserve_profile: bool = False  # rescale ring by ring to the raw azimuthal profile (needs --poni or --center)
 
 
 @dataclass

@@ -22,6 +22,18 @@ from .methods.base import FrameSource, stack_arrays
 from .model_file import DenoiserModel
 
 
+def _ring_bins_for(model: DenoiserModel, stack: ScanStack) -> np.ndarray:
+    """Ring index per pixel for ``infer.preserve_profile``: from the stack's geometry, else a centre."""
+    from .physics.geometry import radial_map, ring_bins
+
+    if stack.frame_ndim != 2:
+        raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
+    center = model.config.method.center or stack.beam_center
+    if stack.geometry is None and center is None:
+        raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+    return ring_bins(radial_map(stack.frame_shape, geometry=stack.geometry, center=center))
+
+
 def default_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> dict:
     """What produced an output: package version, model config and normalisation, input file."""
     cfg = model.config
@@ -75,6 +87,7 @@ def predict_stack(
     source = FrameSource(stack, cache_frames=chunk + extra + 16)
     run = model.runner(inf)
     flat = stack.flat()
+    rings = _ring_bins_for(model, stack) if getattr(inf, "preserve_profile", False) else None
 
     writer = None
     result = None
@@ -104,6 +117,11 @@ def predict_stack(
                 b1 = min(c1, b0 + bs)
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
+            if rings is not None:
+                from .physics.geometry import preserve_profile
+
+                for j in range(c1 - c0):
+                    out[j] = preserve_profile(out[j], counts[j], valid[j], rings)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:

@@ -266,3 +266,42 @@ def lab6_integrator(two_theta_deg: float, calibration: str | Path | None = None)
     if not math.isfinite(t):
         raise XRDError(f"two_theta_deg={two_theta_deg} is not a number")
     return _goniometer(str(path)).get_ai(t)
+
+
+def radial_map(frame_shape: tuple[int, int], geometry: Any = None, center: Any = None) -> np.ndarray:
+    """Scattering angle 2theta (degrees, pyFAI, with a geometry) or radius in pixels about ``center``
+    (y, x) for every pixel of a frame."""
+    if geometry is not None:
+        ai = make_integrator(geometry)
+        return np.asarray(ai.array_from_unit(shape=tuple(frame_shape), typ="center", unit="2th_deg"), dtype=np.float64)
+    if center is None:
+        raise XRDError("a radial map needs a geometry (--poni) or a beam centre (--center)")
+    yy, xx = np.indices(tuple(frame_shape), dtype=np.float64)
+    return np.hypot(yy - float(center[0]), xx - float(center[1]))
+
+
+def ring_bins(radial: np.ndarray, width_px: float | None = None) -> np.ndarray:
+    """Integer ring index per pixel: equal-width bins of the radial map, about one pixel wide."""
+    r = np.asarray(radial, dtype=np.float64)
+    lo, hi = float(np.nanmin(r)), float(np.nanmax(r))
+    n = max(8, int(np.ceil(np.hypot(*r.shape) / (width_px or 1.0))))
+    return np.clip(((r - lo) / max(hi - lo, 1e-12) * n).astype(np.int64), 0, n - 1)
+
+
+def preserve_profile(denoised: np.ndarray, raw: np.ndarray, valid: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Rescale a denoised frame ring by ring so that every ring's total over valid pixels equals the raw
+    total: the azimuthal profile (integrated intensities, peak areas) is that of the counts, while the
+    distribution along each ring is the denoiser's. Invalid pixels stay as they are (NaN).
+
+    A ring whose raw total is 0 becomes 0; a ring the denoiser left at 0 is left unchanged.
+    """
+    d = np.asarray(denoised, dtype=np.float64)
+    v = np.asarray(valid, dtype=bool) & np.isfinite(d)
+    b = np.asarray(bins)
+    n = int(b.max()) + 1
+    raw_sum = np.bincount(b[v], weights=np.asarray(raw, dtype=np.float64)[v], minlength=n)
+    den_sum = np.bincount(b[v], weights=np.maximum(d[v], 0.0), minlength=n)
+    scale = np.where(den_sum > 0, raw_sum / np.where(den_sum > 0, den_sum, 1.0), 1.0)
+    out = np.array(denoised, dtype=np.float32, copy=True)
+    out[v] = (np.maximum(d[v], 0.0) * scale[b[v]]).astype(np.float32)
+    return out
