@@ -505,6 +505,7 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
     prof = Profiler([lab6_integrator(float(t)) for t in tth], embed=embed)
     prof.npt = 400 if st.real_cols is None else 150
     results = _project_results(stack, _methods_for(stack, False, False), st.real_budget_s, device, st, progress)
+    results += _preserved_profile_rows(results, a, valid, full.shape[-2:], (c0, c1), prof.integrators)
     progress("  baselines")
     results += run_baselines(a, valid, ref, bm3d=st.name != "tiny")
     if st.peer:
@@ -522,6 +523,25 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
     s.rows.append(_ideal_row(ref, var_ref, valid))
     s.extra["curves"] = _curves(prof, results, a, ref, valid, float(tth[0]))
     return s
+
+
+def _preserved_profile_rows(results: list[Result], a: np.ndarray, valid: np.ndarray, full_shape, cols,
+                            integrators) -> list[Result]:
+    """The default method's output with ``--preserve-profile`` (ring-wise rescale to the counts' profile),
+    using each frame's own goniometer geometry."""
+    from .physics.geometry import preserve_profile, ring_bins
+
+    r0 = next((r for r in results if r.default and r.den is not None), None)
+    if r0 is None:
+        return []
+    t0 = time.perf_counter()
+    d = r0.den.reshape(a.shape).copy()
+    for i in range(d.shape[0]):
+        ai = integrators[min(i, len(integrators) - 1)]
+        tth_map = np.asarray(ai.array_from_unit(shape=tuple(full_shape), typ="center", unit="2th_deg"))[:, cols[0]:cols[1]]
+        d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map))
+    return [Result(f"{r0.name} + --preserve-profile", d, r0.train_s, r0.predict_s + time.perf_counter() - t0,
+                   note="the default's output rescaled ring by ring to the counts' azimuthal profile")]
 
 
 def _curves(prof: Profiler, results: list[Result], a: np.ndarray, ref: np.ndarray, valid: np.ndarray,
