@@ -107,13 +107,26 @@ def run_in_thread(
 
     def _returned(value):
         if isinstance(value, _Failed):
-            report_error(value.exc)
-            if on_error is not None:
-                on_error(value.exc)
-        elif on_return is not None:
-            on_return(value)
+            _deliver(value.exc, None, on_return, on_error)
+        else:
+            _deliver(None, value, on_return, on_error)
 
     worker.returned.connect(_returned)
+    return _start(worker, on_error, on_finish)
+
+
+def _deliver(error: BaseException | None, value: Any, on_return: Callable | None, on_error: Callable | None) -> None:
+    """Hand a job's outcome to the widget: an error as a notification (and ``on_error``), else the value."""
+    if error is not None:
+        report_error(error)
+        if on_error is not None:
+            on_error(error)
+    elif on_return is not None:
+        on_return(value)
+
+
+def _start(worker, on_error: Callable | None, on_finish: Callable | None):
+    """Connect the error and finish callbacks every job shares, start the worker and return it."""
     worker.errored.connect(lambda e: (report_error(e), on_error and on_error(e)))
     if on_finish is not None:
         worker.finished.connect(on_finish)
@@ -177,23 +190,14 @@ def run_job(
 
     def _yielded(item):
         if isinstance(item, _JobEnd):
-            if item.error is not None:
-                if not isinstance(item.error, Exception):
-                    raise item.error
-                report_error(item.error)
-                if on_error is not None:
-                    on_error(item.error)
-            elif on_return is not None:
-                on_return(item.value)
+            if item.error is not None and not isinstance(item.error, Exception):
+                raise item.error
+            _deliver(item.error, item.value, on_return, on_error)
         else:
             on_item(item)
 
     worker.yielded.connect(_yielded)
-    worker.errored.connect(lambda e: (report_error(e), on_error and on_error(e)))
-    if on_finish is not None:
-        worker.finished.connect(on_finish)
-    worker.start()
-    return worker
+    return _start(worker, on_error, on_finish)
 
 
 # --- layers ---------------------------------------------------------------------------------------
