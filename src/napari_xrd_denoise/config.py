@@ -117,8 +117,11 @@ class InferConfig:
     chunk_frames: int = 16  # frames streamed per chunk
     j_invariant: bool = False  # n2s: sum over all mask phases
     tta: bool = False  # flip test-time augmentation
-    split_passes: int = 8  # n2n-split: binomial splits averaged per frame (0 = one full-frame pass, 8x faster)
-    preserve_profile: bool = False  # rescale ring by ring to the raw azimuthal profile (needs --poni or --center)
+    split_passes: int = 2  # n2n-split: passes averaged per frame (pairs of complementary halves; 0 = one full-frame pass)
+    # local flux correction along the rings (needs a geometry or a centre): None = auto (on when --poni or
+    # --center is given), True = required, False = off
+    preserve_profile: bool | None = None
+    profile_window: int = 9  # ring bins (about 1 px each) per flux-correction window; 1 = exact raw profile
 
 
 @dataclass
@@ -206,6 +209,9 @@ class Config:
         _range("infer.tile", inf.tile, 16, 1 << 16)
         _range("infer.chunk_frames", inf.chunk_frames, 1, 1 << 20)
         _range("infer.split_passes", inf.split_passes, 0, 64)
+        _range("infer.profile_window", inf.profile_window, 1, 1001)
+        if inf.preserve_profile not in (None, True, False):
+            raise ConfigError(f"infer.preserve_profile={inf.preserve_profile!r} must be true, false or null (auto)")
         if inf.overlap < 0 or inf.overlap * 2 >= inf.tile:
             raise ConfigError(f"infer.overlap={inf.overlap} must be >= 0 and less than half of infer.tile={inf.tile}")
         if dd.scan_shape is not None:
@@ -264,11 +270,18 @@ def _build(cls, sub: dict[str, Any], section: str):
     return cls(**kwargs)
 
 
+_AUTO_BOOLS = {"infer.preserve_profile"}  # true / false / null (= auto)
+
+
 def _coerce(name: str, v: Any, default: Any) -> Any:
     if v is None:
         return None
     if isinstance(v, tuple):
         v = list(v)
+    if name in _AUTO_BOOLS:
+        if isinstance(v, str) and v.lower() in ("auto", "none", "null"):
+            return None
+        default = False
     if isinstance(default, bool):
         if isinstance(v, bool):
             return v

@@ -36,6 +36,7 @@ import numpy as np
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
+from .inference import correct_profile, profile_rings
 from .methods.base import FrameSource, stack_arrays
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
@@ -58,11 +59,14 @@ class ReopenSpec:
     scan_shape: tuple[int, ...]
     static_valid: np.ndarray | None
     stamp: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the file: a replaced file is opened anew
+    geometry: dict | None = None  # from --poni (not in the file): the flux correction along the rings needs it
+    beam_center: tuple[float, float] | None = None
 
     def key(self) -> str:
         sv = self.static_valid
         h = hashlib.sha256(repr((self.path, self.dataset, self.ndim, self.keep_negatives, self.saturation,
-                                 self.scan_shape, self.stamp, None if sv is None else sv.shape)).encode())
+                                 self.scan_shape, self.stamp, None if sv is None else sv.shape,
+                                 sorted((self.geometry or {}).items()), self.beam_center)).encode())
         if sv is not None:
             h.update(np.packbits(sv).tobytes())
         return h.hexdigest()
@@ -75,7 +79,8 @@ class ReopenSpec:
         s = open_stack(self.path, dataset=ds, ndim=self.ndim, keep_negatives=self.keep_negatives,
                        saturation=self.saturation)
         s = s.with_scan_shape(self.scan_shape) if s.n_frames == math.prod(self.scan_shape or (1,)) else s
-        return replace(s, static_valid=self.static_valid)
+        return replace(s, static_valid=self.static_valid, geometry=self.geometry or s.geometry,
+                       beam_center=self.beam_center or s.beam_center)
 
 
 def _stamp(path: str) -> tuple[int, int]:
@@ -99,7 +104,8 @@ def reopen_spec(stack: ScanStack) -> ReopenSpec | None:
         path=str(src), dataset=stack.dataset, ndim=int(stack.frame_ndim), keep_negatives=bool(stack.keep_negatives),
         saturation=stack.saturation, scan_shape=tuple(stack.scan_shape) or (1,),
         static_valid=None if stack.static_valid is None else np.asarray(stack.static_valid, dtype=bool),
-        stamp=_stamp(src),
+        stamp=_stamp(src), geometry=stack.geometry,
+        beam_center=None if stack.beam_center is None else tuple(float(c) for c in stack.beam_center),
     )
     try:
         other = spec.open()
@@ -297,6 +303,10 @@ def denoise_chunk(
         b1 = min(c1, b0 + bs)
         batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
         out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
+    rings = profile_rings(model, stack, inf)
+    if rings is not None:
+        counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
+        correct_profile(out, counts, np.asarray(valid, dtype=bool), rings, inf)
     return c0, out, np.asarray(valid, dtype=bool)
 
 

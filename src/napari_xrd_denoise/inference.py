@@ -22,16 +22,44 @@ from .methods.base import FrameSource, stack_arrays
 from .model_file import DenoiserModel
 
 
-def _ring_bins_for(model: DenoiserModel, stack: ScanStack) -> np.ndarray:
-    """Ring index per pixel for ``infer.preserve_profile``: from the stack's geometry, else a centre."""
+def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> np.ndarray | None:
+    """Ring index per pixel for the flux correction along the rings (``infer.preserve_profile``), or
+    ``None`` when it is off.
+
+    ``None`` (auto) turns it on for 2D frames when a geometry (``--poni``) or a centre (``--center`` /
+    a drawn centre) was given, and leaves it off otherwise; ``True`` requires one (error without).
+    A centre found only in the file's header does not turn it on by itself (headers are often off by
+    pixels); it is used when the correction is asked for.
+    """
     from .physics.geometry import radial_map, ring_bins
 
-    if stack.frame_ndim != 2:
-        raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
-    center = model.config.method.center or stack.beam_center
-    if stack.geometry is None and center is None:
-        raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+    want = getattr(infer, "preserve_profile", None)
+    if want is False:
+        return None
+    center = model.config.method.center
+    if want is None:
+        if stack.frame_ndim != 2 or (stack.geometry is None and center is None):
+            return None
+    else:
+        center = center or stack.beam_center
+        if stack.frame_ndim != 2:
+            raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
+        if stack.geometry is None and center is None:
+            raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
     return ring_bins(radial_map(stack.frame_shape, geometry=stack.geometry, center=center))
+
+
+def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, rings: np.ndarray | None,
+                    infer: InferConfig) -> np.ndarray:
+    """Apply the flux correction along the rings to a chunk of denoised frames (in place)."""
+    if rings is None:
+        return out
+    from .physics.geometry import preserve_profile
+
+    window = int(getattr(infer, "profile_window", 1))
+    for j in range(out.shape[0]):
+        out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window)
+    return out
 
 
 def default_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> dict:
@@ -87,7 +115,7 @@ def predict_stack(
     source = FrameSource(stack, cache_frames=chunk + extra + 16)
     run = model.runner(inf)
     flat = stack.flat()
-    rings = _ring_bins_for(model, stack) if getattr(inf, "preserve_profile", False) else None
+    rings = profile_rings(model, stack, inf)
 
     writer = None
     result = None
@@ -117,11 +145,7 @@ def predict_stack(
                 b1 = min(c1, b0 + bs)
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
-            if rings is not None:
-                from .physics.geometry import preserve_profile
-
-                for j in range(c1 - c0):
-                    out[j] = preserve_profile(out[j], counts[j], valid[j], rings)
+            correct_profile(out, counts, valid, rings, inf)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:
