@@ -263,3 +263,20 @@ def test_cli_predict_with_two_workers(files, tmp_path, capsys):
         np.testing.assert_array_equal(f["entry/data/data"][()], ref)
         assert "local cluster of 2 worker" in f["entry/provenance"].attrs["distributed"]
     assert (tmp_path / "cli.h5.config.json").exists()
+
+
+def test_worker_applies_the_default_flux_correction_like_the_single_process_path(files):
+    """A model trained with a beam centre gets the flux correction along the rings by default, in the
+    workers exactly as in ``predict_stack``."""
+    model = _model(files["n2s"])
+    model.config.method.center = [30.5, 33.0]
+    stack = open_stack(files["h5"])
+    blob = D._model_bytes(model)
+    key = D.hashlib.sha256(blob).hexdigest()
+    inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
+    assert inf["preserve_profile"] is None  # auto
+    _, got, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu")  # one predict_stack chunk
+    ref = predict_stack(model, stack, infer=model.config.infer)
+    np.testing.assert_array_equal(got, ref[:3])
+    off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer)
+    assert not np.allclose(np.nan_to_num(off[:3]), np.nan_to_num(ref[:3]))
