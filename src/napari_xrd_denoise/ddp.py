@@ -13,8 +13,10 @@ stop conditions (time budget, cancel, divergence) are all-reduced so every rank 
 rank 0 validates, broadcasts the validation loss, writes the checkpoint ``MODEL.pt.ckpt`` after every
 epoch (with every rank's random state, so ``--resume`` continues exactly) and writes the model.
 
-The loop is :class:`~napari_xrd_denoise.training.Trainer`'s, with the same sample drawing, collation, loss,
-validation plan, schedule and checkpoint format (:class:`DDPTrainer` reuses those methods).
+The loop is :class:`~napari_xrd_denoise.training.Trainer`'s own (sample drawing, collation, loss, gradient
+clipping, validation plan, schedule, events, checkpoint format); :class:`DDPTrainer` only overrides its
+hooks: the per-rank patch generator, the DDP wrapper, the agreed stop conditions, rank-0 validation and
+the checkpoint with every rank's random state.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,7 @@ from . import __version__
 from .config import Config
 from .errors import XRDError
 from .io.atomic import atomic_path, check_output
-from .methods.base import patch_size_for
-from .models import build_model
-from .training import Trainer, cosine_factor, schedule_period
+from .training import Trainer
 
 RANK_SEED_STRIDE = 1_000_003  # rank r draws patches from default_rng(seed + r * stride)
 
@@ -87,7 +85,56 @@ class DDPTrainer(Trainer):
         dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl" else None)
         return box[0]
 
-    def _save_ddp_checkpoint(self, epoch: int, step: int, rng, opt, sched, scaler, best) -> None:
+    # ---- the Trainer loop's hooks ------------------------------------------------------------------------
+    def _make_rng(self, tc) -> np.random.Generator:
+        self.backend = dist.get_backend()
+        self._first_batch = None
+        return np.random.default_rng(rank_seed(tc.seed, self.rank))
+
+    def _restore_rng(self, d: dict[str, Any], rng: np.random.Generator) -> np.random.Generator:
+        states = d.get("ddp_np_rng")
+        if states and len(states) == self.world_size:
+            rng.bit_generator.state = states[self.rank]
+            return rng
+        # a single-process checkpoint, or another number of ranks: fresh, distinct streams
+        self._emit("message", message=f"checkpoint made with {d.get('ddp_world_size', 1)} process(es); "
+                   f"patch sampling restarts with new random streams for {self.world_size}")
+        return np.random.default_rng([rank_seed(self.config.train.seed, self.rank), int(d["epoch"]) + 1])
+
+    def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _cancel_now(self) -> bool:
+        return False  # a rank alone never stops: cancel requests are agreed in _sync_step
+
+    def _sync_step(self, loss: float, over_time: bool) -> tuple[float, bool, bool]:
+        lsum, n_cancel, n_time = self._agree(loss, self._cancel.is_set(), over_time)
+        return lsum / self.world_size, n_cancel > 0, n_time > 0
+
+    def _epoch_validation(self, space: str) -> float | None:
+        return self._from_rank0(self._validate(space) if self.rank == 0 else None)
+
+    def _start_message(self, cfg: Config) -> str:
+        return (f"{cfg.method.name} with DDP on {self.world_size} process(es) ({self.backend}, rank 0 on "
+                f"{self.device}), {self.train_frames.size} training frame(s)")
+
+    def _saw_batch(self, x: torch.Tensor) -> None:
+        if self._first_batch is None:
+            self._first_batch = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
+
+    def _finish(self, stopped: str, step: int, tc) -> None:
+        self.report = {
+            "rank": self.rank, "world_size": self.world_size, "backend": self.backend, "device": str(self.device),
+            "seed": rank_seed(tc.seed, self.rank), "steps": step, "first_batch_sha256": self._first_batch,
+            "final_params_sha256": _params_digest(self.net), "stopped": stopped or "done",
+        }
+        self.history["ddp"] = {"world_size": self.world_size, "backend": self.backend,
+                               "patches_per_step": self.world_size * int(tc.batch_size)}
+
+    def _save_checkpoint(self, epoch: int, step: int, rng, opt, sched, scaler, best) -> None:
+        """Rank 0 writes the checkpoint with every rank's random state (all ranks must call this)."""
         states = [None] * self.world_size
         dist.all_gather_object(states, rng.bit_generator.state)
         if self.rank != 0 or self.checkpoint is None:
@@ -114,164 +161,6 @@ class DDPTrainer(Trainer):
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.checkpoint, overwrite=True) as tmp:
             torch.save(d, tmp)
-
-    def _run(self, cfg: Config, tc) -> Any:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        self.backend = dist.get_backend()
-        self._t0 = time.monotonic()
-        self._elapsed0 = 0.0
-        torch.manual_seed(tc.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
-        rng = np.random.default_rng(rank_seed(tc.seed, self.rank))
-        self.patch = patch_size_for(self.source.frame_shape, tc.patch_size)
-        self._split_frames()  # seeded by train.seed only: the same split on every rank
-        self.val_plan = self._val_plan()
-
-        net = build_model(cfg.model, cfg.data.ndim, in_channels=cfg.model.in_channels)
-        if self.init_model is not None:
-            try:
-                net.load_state_dict(self.init_model.net.state_dict())
-            except RuntimeError:
-                raise XRDError("method.init_model: the saved model's architecture does not match this method") from None
-        self.use_amp = bool(tc.amp and self.device.type == "cuda")
-        total = int(tc.epochs * tc.steps_per_epoch)
-        period = schedule_period(total, tc.restarts)
-        self.history = {"train_loss": [], "val_loss": [], "lr": [], "loss_space": [], "epoch_s": [],
-                        "best_epoch": None, "best_val": None, "method": cfg.method.name,
-                        "train_frames": int(self.train_frames.size), "val_frames": int(self.val_frames.size)}
-        best: dict[str, Any] = {"val": math.inf, "epoch": -1, "state": None, "space": None}
-        start_epoch, step = 0, 0
-        resumed = None
-        if self.resume:
-            resumed = self._load_checkpoint()
-            net.load_state_dict(resumed["net"])
-        self.net = net.to(self.device)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, period))
-        scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
-        if resumed is not None:
-            d = resumed
-            opt.load_state_dict(d["optimizer"])
-            sched.load_state_dict(d["scheduler"])
-            if scaler is not None and d.get("scaler"):
-                scaler.load_state_dict(d["scaler"])
-            states = d.get("ddp_np_rng")
-            if states and len(states) == self.world_size:
-                rng.bit_generator.state = states[self.rank]
-            else:  # a single-process checkpoint, or another number of ranks: fresh, distinct streams
-                rng = np.random.default_rng([rank_seed(tc.seed, self.rank), int(d["epoch"]) + 1])
-                self._emit("message", message=f"checkpoint made with {d.get('ddp_world_size', 1)} process(es); "
-                           f"patch sampling restarts with new random streams for {self.world_size}")
-            self.history = d["history"]
-            best = d["best"]
-            start_epoch, step = int(d["epoch"]) + 1, int(d["step"])
-            self._elapsed0 = float(d.get("elapsed_s", 0.0))
-        ddp = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-        if self.residual_note:
-            self._emit("message", message=self.residual_note)
-        self._emit("start", epoch=start_epoch, epochs=tc.epochs, step=step, total_steps=total,
-                   message=f"{cfg.method.name} with DDP on {self.world_size} process(es) ({self.backend}, rank 0 on "
-                   f"{self.device}), {self.train_frames.size} training frame(s)" + (", resumed" if self.resume else ""))
-        ddp.train()
-        stopped, stale = "", 0
-        if best.get("epoch", -1) >= 0 and self.history["val_loss"]:
-            stale = len(self.history["val_loss"]) - 1 - best["epoch"]
-        first_batch = None
-        steps_done_now = 0
-        epoch = start_epoch
-        for epoch in range(start_epoch, tc.epochs):
-            t_ep = time.monotonic()
-            self.method.begin_epoch(epoch)
-            space = self.method.loss_space(epoch)
-            if best.get("space") not in (None, space):
-                best = {"val": math.inf, "epoch": -1, "state": None, "space": space}
-                stale = 0
-            n_fr = min(self.train_frames.size, self.frames_per_epoch_cap)
-            frames = rng.choice(self.train_frames, size=n_fr, replace=False)
-            losses = []
-            for _ in range(tc.steps_per_epoch):
-                samples = [self._draw(int(frames[rng.integers(n_fr)]), rng, space, tc.augment, True)
-                           for _ in range(tc.batch_size)]
-                x, t, w, sc = self._collate(samples)
-                if first_batch is None:
-                    first_batch = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
-                opt.zero_grad(set_to_none=True)
-                with self._autocast():
-                    out = ddp(x)
-                loss = self._loss(out, t, w, sc, space)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                sched.step()
-                step += 1
-                steps_done_now += 1
-                over_time = bool(tc.max_minutes and self._elapsed() > tc.max_minutes * 60)
-                lsum, n_cancel, n_time = self._agree(float(loss.detach()), self._cancel.is_set(), over_time)
-                lv = lsum / self.world_size
-                if not math.isfinite(lv):
-                    stopped = "diverged"
-                    break
-                losses.append(lv)
-                if n_cancel > 0:
-                    stopped = "cancelled"
-                    break
-                if n_time > 0:
-                    stopped = "time"
-                    break
-            if stopped in ("cancelled", "diverged") or not losses:
-                break
-            val = self._validate(space) if self.rank == 0 else None
-            val = self._from_rank0(val)
-            tr = float(np.mean(losses))
-            self.history["train_loss"].append(tr)
-            self.history["val_loss"].append(val)
-            self.history["lr"].append(float(opt.param_groups[0]["lr"]))
-            self.history["loss_space"].append(space)
-            self.history["epoch_s"].append(time.monotonic() - t_ep)
-            score = val if val is not None else tr
-            if score < best["val"]:
-                best = {"val": score, "epoch": epoch, "space": space,
-                        "state": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}}
-                stale = 0
-            else:
-                stale += 1
-            self.history["best_epoch"], self.history["best_val"] = int(best["epoch"]), float(best["val"])
-            el = self._elapsed()
-            self._emit("epoch", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total, train_loss=tr,
-                       val_loss=val, elapsed_s=el,
-                       eta_s=(time.monotonic() - self._t0) / max(1, steps_done_now) * (total - step))
-            self._save_ddp_checkpoint(epoch, step, rng, opt, sched, scaler, best)
-            if stopped == "time":
-                self._emit("message", message=f"time budget of {tc.max_minutes:g} min reached after epoch {epoch + 1}")
-                break
-            if tc.patience and stale >= tc.patience and val is not None:
-                self._emit("message", message=f"early stop: no validation improvement for {tc.patience} epochs")
-                stopped = "early"
-                break
-
-        self.report = {
-            "rank": self.rank, "world_size": self.world_size, "backend": self.backend, "device": str(self.device),
-            "seed": rank_seed(tc.seed, self.rank), "steps": step, "first_batch_sha256": first_batch,
-            "final_params_sha256": _params_digest(self.net), "stopped": stopped or "done",
-        }
-        self.history["ddp"] = {"world_size": self.world_size, "backend": self.backend,
-                               "patches_per_step": self.world_size * int(tc.batch_size)}
-        if best.get("state") is not None:
-            self.net.load_state_dict(best["state"])
-        self.net.eval()
-        model = self._model()
-        model._method = None
-        if stopped == "diverged":
-            self._emit("message", message="training diverged (non-finite loss); kept the best weights so far (try a lower train.lr)")
-        self._emit("cancelled" if stopped == "cancelled" else "done", epoch=epoch, epochs=tc.epochs, step=step,
-                   total_steps=total, val_loss=self.history.get("best_val"), elapsed_s=self._elapsed())
-        self.stopped = stopped
-        return model
 
 
 # --------------------------------------------------------------------------------------------------

@@ -362,11 +362,44 @@ class Trainer:
             if self.device.type == "cpu":
                 torch.set_num_threads(prev_threads)
 
+    # ---- hooks (DDP training overrides these; see ddp.py) -----------------------------------------------
+    def _make_rng(self, tc) -> np.random.Generator:
+        """The generator that draws the training patches."""
+        return np.random.default_rng(tc.seed)
+
+    def _restore_rng(self, d: dict[str, Any], rng: np.random.Generator) -> np.random.Generator:
+        rng.bit_generator.state = d["np_rng"]
+        return rng
+
+    def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The module the training steps call (the network itself, or a DDP wrapper around it)."""
+        return net
+
+    def _cancel_now(self) -> bool:
+        """Stop before the next step? (DDP ranks only stop together, through :meth:`_sync_step`.)"""
+        return self._cancel.is_set()
+
+    def _sync_step(self, loss: float, over_time: bool) -> tuple[float, bool, bool]:
+        """``(loss, cancel, over_time)`` after a step, agreed between processes when there are several."""
+        return loss, False, over_time
+
+    def _epoch_validation(self, space: str) -> float | None:
+        return self._validate(space)
+
+    def _start_message(self, cfg: Config) -> str:
+        return f"{cfg.method.name} on {self.device}, {self.train_frames.size} training frame(s)"
+
+    def _saw_batch(self, x: torch.Tensor) -> None:
+        """Called with every training batch before its step."""
+
+    def _finish(self, stopped: str, step: int, tc) -> None:
+        """Called once after the last step, before the best weights are restored."""
+
     def _run(self, cfg: Config, tc) -> DenoiserModel:
         self._t0 = time.monotonic()
         self._elapsed0 = 0.0
         torch.manual_seed(tc.seed)
-        rng = np.random.default_rng(tc.seed)
+        rng = self._make_rng(tc)
         self.patch = patch_size_for(self.source.frame_shape, tc.patch_size)
         self._split_frames()
         self.val_plan = self._val_plan()
@@ -377,7 +410,7 @@ class Trainer:
                 net.load_state_dict(self.init_model.net.state_dict())
             except RuntimeError:
                 raise XRDError("method.init_model: the saved model's architecture does not match this method") from None
-        self.net = net.to(self.device)
+        self.net = net = net.to(self.device)
         self.use_amp = bool(tc.amp and self.device.type == "cuda")
         opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         total = int(tc.epochs * tc.steps_per_epoch)
@@ -397,20 +430,20 @@ class Trainer:
             sched.load_state_dict(d["scheduler"])
             if scaler is not None and d.get("scaler"):
                 scaler.load_state_dict(d["scaler"])
-            rng.bit_generator.state = d["np_rng"]
+            rng = self._restore_rng(d, rng)
             torch.set_rng_state(d["torch_rng"])
             self.history = d["history"]
             best = d["best"]
             start_epoch, step = int(d["epoch"]) + 1, int(d["step"])
             self._elapsed0 = float(d.get("elapsed_s", 0.0))
+        fwd = self._wrap(net)
 
         for msg in (self.device_message, self.residual_note, *self.method.messages):
             if msg:
                 self._emit("message", message=msg)
         self._emit("start", epoch=start_epoch, epochs=tc.epochs, step=step, total_steps=total,
-                   message=f"{cfg.method.name} on {self.device}, {self.train_frames.size} training frame(s)"
-                   + (", resumed" if self.resume else ""))
-        net.train()
+                   message=self._start_message(cfg) + (", resumed" if self.resume else ""))
+        fwd.train()
         stopped, stale = "", 0
         if best.get("epoch", -1) >= 0 and self.history["val_loss"]:
             stale = len(self.history["val_loss"]) - 1 - best["epoch"]
@@ -428,26 +461,28 @@ class Trainer:
             frames = rng.choice(self.train_frames, size=n_fr, replace=False)
             losses = []
             for _ in range(tc.steps_per_epoch):
-                if self._cancel.is_set():
+                if self._cancel_now():
                     stopped = "cancelled"
                     break
                 samples = [self._draw(int(frames[rng.integers(n_fr)]), rng, space, tc.augment, True)
                            for _ in range(tc.batch_size)]
                 x, t, w, sc = self._collate(samples)
+                self._saw_batch(x)
                 opt.zero_grad(set_to_none=True)
                 with self._autocast():
-                    out = net(x)
+                    out = fwd(x)
                 loss = self._loss(out, t, w, sc, space)
                 self._backward_step(loss, net, opt, scaler)
                 sched.step()
                 step += 1
                 steps_done_now += 1
-                lv = float(loss.detach())
+                el = self._elapsed()
+                lv, cancelled, over_time = self._sync_step(float(loss.detach()),
+                                                           bool(tc.max_minutes and el > tc.max_minutes * 60))
                 if not math.isfinite(lv):
                     stopped = "diverged"
                     break
                 losses.append(lv)
-                el = self._elapsed()
                 eta = (time.monotonic() - self._t0) / steps_done_now * (total - step)
                 if step % step_every == 0:
                     self._emit("step", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
@@ -455,15 +490,18 @@ class Trainer:
                 if tc.preview_every and step % tc.preview_every == 0 and self.callback is not None:
                     self._emit("preview", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
                                elapsed_s=el, eta_s=eta, preview=self._preview())
-                if tc.max_minutes and el > tc.max_minutes * 60:
+                if cancelled:
+                    stopped = "cancelled"
+                    break
+                if over_time:
                     stopped = "time"
                     break
             if stopped in ("cancelled", "diverged"):
                 break
             if not losses:
                 break
-            val = self._validate(space)
-            if self._cancel.is_set():
+            val = self._epoch_validation(space)
+            if self._cancel_now():
                 stopped = "cancelled"
                 break
             tr = float(np.mean(losses))
@@ -492,6 +530,7 @@ class Trainer:
                 stopped = "early"
                 break
 
+        self._finish(stopped, step, tc)
         if best.get("state") is not None:
             net.load_state_dict(best["state"])
         net.eval()
@@ -506,4 +545,5 @@ class Trainer:
         self._emit(kind, epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
                    val_loss=self.history.get("best_val"), elapsed_s=el,
                    message=f"best epoch {best.get('epoch', -1) + 1}" if best.get("epoch", -1) >= 0 else "")
+        self.stopped = stopped
         return model
