@@ -35,10 +35,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import __version__
 from .config import Config
 from .errors import XRDError
-from .io.atomic import atomic_path, check_output
+from .io.atomic import check_output
 from .training import Trainer
 
 RANK_SEED_STRIDE = 1_000_003  # rank r draws patches from default_rng(seed + r * stride)
@@ -139,28 +138,9 @@ class DDPTrainer(Trainer):
         dist.all_gather_object(states, rng.bit_generator.state)
         if self.rank != 0 or self.checkpoint is None:
             return
-        d = {
-            "format": "napari-xrd-denoise-checkpoint",
-            "version": __version__,
-            "config": self.config.to_json(indent=None),
-            "norm": self.norm.to_dict(),
-            "epoch": int(epoch),
-            "step": int(step),
-            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "best": best,
-            "history": self.history,
-            "np_rng": states[0],
-            "ddp_world_size": self.world_size,
-            "ddp_np_rng": states,
-            "torch_rng": torch.get_rng_state(),
-            "elapsed_s": self._elapsed(),
-        }
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.checkpoint, overwrite=True) as tmp:
-            torch.save(d, tmp)
+        d = self._checkpoint_dict(epoch, step, states[0], opt, sched, scaler, best)
+        d.update(ddp_world_size=self.world_size, ddp_np_rng=states)
+        self._write_checkpoint(d)
 
 
 # --------------------------------------------------------------------------------------------------

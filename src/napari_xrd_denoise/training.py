@@ -309,10 +309,8 @@ class Trainer:
             self.net.train()
 
     # ---- checkpoints ----------------------------------------------------------------------------------
-    def _save_checkpoint(self, epoch: int, step: int, rng: np.random.Generator, opt, sched, scaler, best) -> None:
-        if self.checkpoint is None:
-            return
-        d = {
+    def _checkpoint_dict(self, epoch: int, step: int, np_rng_state: dict, opt, sched, scaler, best) -> dict[str, Any]:
+        return {
             "format": "napari-xrd-denoise-checkpoint",
             "version": __version__,
             "config": self.config.to_json(indent=None),
@@ -325,13 +323,20 @@ class Trainer:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "best": best,
             "history": self.history,
-            "np_rng": rng.bit_generator.state,
+            "np_rng": np_rng_state,
             "torch_rng": torch.get_rng_state(),
             "elapsed_s": self._elapsed(),
         }
+
+    def _write_checkpoint(self, d: dict[str, Any]) -> None:
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.checkpoint, overwrite=True) as tmp:
             torch.save(d, tmp)
+
+    def _save_checkpoint(self, epoch: int, step: int, rng: np.random.Generator, opt, sched, scaler, best) -> None:
+        if self.checkpoint is None:
+            return
+        self._write_checkpoint(self._checkpoint_dict(epoch, step, rng.bit_generator.state, opt, sched, scaler, best))
 
     def _load_checkpoint(self) -> dict[str, Any]:
         try:
