@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_xrd_denoise.errors import XRDError
+from napari_xrd_denoise.errors import InputFileError, XRDError
 from napari_xrd_denoise.io import readers
 from napari_xrd_denoise.io.readers import list_datasets, load_mask, load_poni, open_stack
 
@@ -483,3 +483,56 @@ def test_scan_shape(master3):
     np.testing.assert_array_equal(s.frame(7), ref[7])
     with pytest.raises(XRDError, match="--scan-shape 5x3"):
         open_stack(m, scan_shape=(5, 3))
+
+
+def _write_spe(path, frames, code=3, footer=b""):
+    """A Princeton SPE file as cameras write it: 4100-byte header, the frames, an optional XML footer."""
+    n, h, w = frames.shape
+    hdr = bytearray(4100)
+    hdr[0:2] = np.int16(3).tobytes()  # controller version
+    hdr[6:8] = np.uint16(w).tobytes()  # detector x size
+    hdr[18:20] = np.uint16(h).tobytes()
+    hdr[20:29], hdr[172:178] = b"23Nov2026", b"120000"
+    hdr[42:44], hdr[656:658] = np.uint16(w).tobytes(), np.uint16(h).tobytes()
+    hdr[108:110] = np.uint16(code).tobytes()
+    hdr[1446:1450] = np.int32(n).tobytes()
+    body = frames.astype({3: "<u2", 1: "<i4", 0: "<f4"}[code]).tobytes()
+    if footer:
+        hdr[678:686] = np.uint64(4100 + len(body)).tobytes()
+    path.write_bytes(bytes(hdr) + body + footer)
+    return path
+
+
+@pytest.mark.parametrize("footer", [b"", b'<?xml version="1.0"?><SpeFormat version="3.0"/>'])
+def test_spe_series_gives_every_frame(tmp_path, footer):
+    frames = np.random.default_rng(0).poisson(5, (3, 40, 56)).astype(np.uint16)
+    frames[1, 5, 7] = 60000
+    st = open_stack(_write_spe(tmp_path / "kinetics.spe", frames, footer=footer))
+    assert st.shape == (3, 40, 56) and st.format == "spe" and st.dtype == np.uint16
+    assert np.array_equal(np.asarray(st.data.compute()), frames)
+
+
+def test_spe_bad_files_are_one_line_errors(tmp_path):
+    frames = np.ones((3, 20, 30), np.uint16)
+    p = _write_spe(tmp_path / "cut.spe", frames)
+    p.write_bytes(p.read_bytes()[:-700])
+    with pytest.raises(InputFileError, match="cut.spe: truncated SPE file: the header announces 3 frame"):
+        open_stack(p)
+    q = tmp_path / "odd.spe"
+    b = bytearray(_write_spe(q, frames).read_bytes())
+    b[108:110] = np.uint16(9).tobytes()
+    q.write_bytes(bytes(b))
+    with pytest.raises(InputFileError, match="odd.spe: SPE data type code 9"):
+        open_stack(q)
+
+
+def test_marccd_pixels_through_fabio(tmp_path):
+    """A MarCCD ``.mccd`` file is a TIFF with a private header block; fabio reads its pixels (the
+    header block of a real detector is not reproduced here, only the TIFF layout)."""
+    import tifffile
+
+    frame = np.random.default_rng(1).poisson(7, (64, 48)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img_0001.mccd", frame)
+    st = open_stack(tmp_path / "img_0001.mccd")
+    assert st.shape == (1, 64, 48) and st.format == "mccd"
+    assert np.array_equal(np.asarray(st.data.compute())[0], frame)

@@ -931,7 +931,46 @@ def _fabio_nframes(path: str) -> tuple[int, tuple[int, ...], np.dtype, dict]:
     return n, tuple(data.shape), data.dtype, header
 
 
+SPE_HEADER_BYTES = 4100
+SPE_DTYPES = {0: np.float32, 1: np.int32, 2: np.int16, 3: np.uint16, 5: np.float64, 6: np.uint8, 8: np.uint32}
+
+
+def _open_spe(path: Path) -> dict[str, Any]:
+    """Princeton Instruments SPE (versions 2 and 3): a 4100-byte header, then every frame in a row.
+
+    fabio reads the header but gives only the first frame of a series, so the frames are mapped here,
+    lazily, from the header's size, data type and frame count (offsets 42, 656, 108, 1446).
+    """
+    size = path.stat().st_size
+    if size < SPE_HEADER_BYTES:
+        raise InputFileError(f"{path}: {size} bytes, shorter than the {SPE_HEADER_BYTES}-byte SPE header")
+    with open(path, "rb") as f:
+        head = f.read(SPE_HEADER_BYTES)
+    w = int(np.frombuffer(head, "<u2", 1, 42)[0])
+    h = int(np.frombuffer(head, "<u2", 1, 656)[0])
+    code = int(np.frombuffer(head, "<u2", 1, 108)[0])
+    n = int(np.frombuffer(head, "<i4", 1, 1446)[0])
+    xml_at = int(np.frombuffer(head, "<u8", 1, 678)[0])
+    if code not in SPE_DTYPES:
+        raise InputFileError(f"{path}: SPE data type code {code} is not one of {sorted(SPE_DTYPES)}")
+    if w < 1 or h < 1 or n < 1:
+        raise InputFileError(f"{path}: SPE header gives {n} frame(s) of {h} x {w} pixels")
+    dtype = np.dtype(SPE_DTYPES[code]).newbyteorder("<")
+    frame_bytes = w * h * dtype.itemsize
+    end = xml_at if xml_at else size  # version 3 keeps an XML footer after the frames
+    have = (end - SPE_HEADER_BYTES) // frame_bytes
+    if have < n:
+        raise InputFileError(f"{path}: truncated SPE file: the header announces {n} frame(s) of {h} x {w}, "
+                             f"the file holds {max(have, 0)}")
+    src = _MemmapSource(str(path), dtype, SPE_HEADER_BYTES, (n, h, w), "C")
+    data = _lazy_array(src, (n, h, w), src.dtype, _lead_chunks((n, h, w), 2, src.dtype), _token(path, "spe"))
+    notes = [] if n == 1 else [f"{n} frames in one SPE file"]
+    return {"data": data, "format": "spe", "frame_ndim": 2, "notes": notes}
+
+
 def _open_fabio(path: Path, ndim: int | None) -> dict[str, Any]:
+    if path.suffix.lower() == ".spe":
+        return _open_spe(path)
     n, frame, dtype, header = _fabio_nframes(str(path))
     if not _is_numeric(dtype):
         raise InputFileError(f"{path}: data type {dtype} is not numeric detector data")
