@@ -238,6 +238,9 @@ def test_settings_become_config(make_napari_viewer):
     predict.overlap.setValue(16)
     cfg = predict.to_config()
     assert cfg.infer.tta is True and cfg.infer.tile == 256 and cfg.infer.overlap == 16
+    assert cfg.infer.preserve_profile is None  # flux correction: on whenever a centre or PONI is known
+    predict.flux.setChecked(False)
+    assert predict.to_config().infer.preserve_profile is False
 
     # the whole configuration round-trips through JSON and back into a fresh Train widget
     again = Config.from_dict(json.loads(cfg.to_json()))

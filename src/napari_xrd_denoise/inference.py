@@ -22,21 +22,23 @@ from .methods.base import FrameSource, stack_arrays
 from .model_file import DenoiserModel
 
 
-def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> np.ndarray | None:
+def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
+                  center: tuple[float, float] | list[float] | None = None) -> np.ndarray | None:
     """Ring index per pixel for the flux correction along the rings (``infer.preserve_profile``), or
     ``None`` when it is off.
 
     ``None`` (auto) turns it on for 2D frames when a geometry (``--poni``) or a centre (``--center`` /
     a drawn centre) was given, and leaves it off otherwise; ``True`` requires one (error without).
     A centre found only in the file's header does not turn it on by itself (headers are often off by
-    pixels); it is used when the correction is asked for.
+    pixels); it is used when the correction is asked for. ``center`` (e.g. drawn in the GUI after
+    training) overrides the model's.
     """
     from .physics.geometry import radial_map, ring_bins
 
     want = getattr(infer, "preserve_profile", None)
     if want is False:
         return None
-    center = model.config.method.center
+    center = center if center is not None else model.config.method.center
     if want is None:
         if stack.frame_ndim != 2 or (stack.geometry is None and center is None):
             return None
@@ -92,6 +94,7 @@ def predict_stack(
     resume: bool = False,
     provenance: dict | None = None,
     device: str | None = None,
+    center: tuple[float, float] | list[float] | None = None,
 ) -> np.ndarray | Path:
     """Denoise every frame of ``stack``.
 
@@ -100,6 +103,7 @@ def predict_stack(
     the path; ``resume=True`` continues an interrupted output from the writer's ``n_done``.
     ``progress(done, total)`` is called after every chunk; setting ``cancel`` stops between batches,
     aborts the writer (no output file is left) and raises :class:`~napari_xrd_denoise.errors.Cancelled`.
+    ``center``: beam centre for the flux correction along the rings, overriding the model's.
     """
     inf = infer or model.config.infer
     if device is not None:
@@ -115,7 +119,7 @@ def predict_stack(
     source = FrameSource(stack, cache_frames=chunk + extra + 16)
     run = model.runner(inf)
     flat = stack.flat()
-    rings = profile_rings(model, stack, inf)
+    rings = profile_rings(model, stack, inf, center)
 
     writer = None
     result = None

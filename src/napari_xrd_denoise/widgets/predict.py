@@ -56,7 +56,7 @@ def _read_lazy(path: Path):
 
 
 def _predict_job(post, model, stack, output, infer: InferConfig, prov: dict, cancel: threading.Event,
-                 roi, want_maps: bool):
+                 roi, want_maps: bool, center=None):
     """Worker thread: predict (streaming), then the ROI maps; progress goes through ``post``."""
     from ..inference import predict_stack
 
@@ -66,7 +66,7 @@ def _predict_job(post, model, stack, output, infer: InferConfig, prov: dict, can
         post(("progress", "denoising", int(done), int(total), time.monotonic() - t0))
 
     res = predict_stack(model, stack, output, infer=infer, progress=progress, cancel=cancel, overwrite=True,
-                        provenance=prov)
+                        provenance=prov, center=center)
     den = _read_lazy(Path(res)) if output is not None else res
     maps = {}
     if want_maps and len(stack.scan_shape) == 2 and stack.frame_ndim == 2:
@@ -123,8 +123,13 @@ class PredictWidget(QWidget):
         f.addRow("tile, overlap", row(self.tile, self.overlap))
         self.j_inv = QCheckBox("J-invariant (n2s: sum over mask phases; slower)")
         self.tta = QCheckBox("flip test-time augmentation")
+        self.flux = QCheckBox("flux correction along the rings (with a beam centre or PONI)")
+        self.flux.setChecked(True)
+        self.flux.setToolTip("Scale the result so that, over windows of 9 one-pixel rings, its flux is the counts' "
+                             "(integrated intensities keep the data's). Needs a beam centre (Masks widget) or a PONI.")
         f.addRow(self.j_inv)
         f.addRow(self.tta)
+        f.addRow(self.flux)
         self.out_mode = combo([(OUT_AUTO, "in memory if small, else a temporary HDF5"),
                                (OUT_MEMORY, "in memory"), (OUT_FILE, "HDF5 file below")], OUT_AUTO)
         f.addRow("Result", self.out_mode)
@@ -183,6 +188,7 @@ class PredictWidget(QWidget):
         i.overlap = int(self.overlap.value())
         i.j_invariant = self.j_inv.isChecked()
         i.tta = self.tta.isChecked()
+        i.preserve_profile = None if self.flux.isChecked() else False  # None: on when a centre or PONI is known
         return cfg
 
     def to_config(self) -> Config:
@@ -247,7 +253,8 @@ class PredictWidget(QWidget):
         self.status.setText(f"Denoising {stack.n_frames} frames" + (f" into {output}" if output else " in memory"))
         self._set_running(True)
         self._worker = run_job(
-            lambda post: _predict_job(post, model, stack, output, infer, prov, cancel, roi, want_maps),
+            lambda post: _predict_job(post, model, stack, output, infer, prov, cancel, roi, want_maps,
+                                      cfg.method.center),
             on_item=self._on_item,
             on_return=self._on_result,
             on_error=lambda e: self.status.setText(f"Stopped: {e}".splitlines()[0]),
