@@ -82,7 +82,7 @@ def test_window_corrects_flux_bias_with_less_raw_noise():
     assert abs(flux(w9) - 1) < 0.05 < abs(flux(np.nan_to_num(est)) - 1)
 
 
-def test_correction_is_on_by_default_with_a_centre_and_can_be_turned_off(tmp_path):
+def test_correction_is_on_by_default_with_a_centre_and_can_be_turned_off(tmp_path, capsys):
     scan = make_scan(scan_shape=(1,), frame_shape=(48, 48), dose="mid", seed=2)
     inp = tmp_path / "scan.npy"
     np.save(inp, scan.counts)
@@ -90,7 +90,9 @@ def test_correction_is_on_by_default_with_a_centre_and_can_be_turned_off(tmp_pat
     fast = ["--epochs", "1", "--steps", "3", "--batch-size", "2", "--patch-size", "32", "--device", "cpu",
             "--method", "n2s", "--seed", "0", "--center", f"{cy},{cx}"]
     assert main(["denoise", str(inp), "-o", str(tmp_path / "on.npy"), *fast]) == 0
+    assert "note: flux correction along the rings from the beam centre" in capsys.readouterr().err
     assert main(["denoise", str(inp), "-o", str(tmp_path / "off.npy"), "--no-preserve-profile", *fast]) == 0
+    assert "flux correction" not in capsys.readouterr().err
     on, off = np.load(tmp_path / "on.npy")[0], np.load(tmp_path / "off.npy")[0]
     v = np.isfinite(on)
     raw = np.where(v, scan.counts[0], 0).astype(np.float64)

@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr naming the file, dataset 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -338,6 +339,23 @@ COMMANDS = {
 }
 
 
+class _NoteFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "note" if record.levelno < logging.WARNING else record.levelname.lower()
+        return f"{kind}: {record.getMessage()}"
+
+
+def _log_to_stderr(quiet: bool) -> logging.Handler:
+    """The package's log records (notes, warnings) as one line each on stderr while a command runs."""
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_NoteFormatter())
+    h.setLevel(logging.WARNING if quiet else logging.INFO)
+    lg = logging.getLogger("napari_xrd_denoise")
+    lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    return h
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -345,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
+    handler = _log_to_stderr(bool(getattr(args, "quiet", False)))
     try:
         return COMMANDS[args.command](args)
     except XRDError as e:
@@ -358,12 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"{PROG}: error: out of memory; try a smaller --infer-batch, --tile or --batch-size", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - last resort: one line, the traceback only with --debug
+    except Exception as e:
         if debug:
             raise
         print(f"{PROG}: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger("napari_xrd_denoise").removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,9 +8,10 @@ exact unbiased inverse and written chunk by chunk (NaN where invalid).
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -21,33 +22,36 @@ from .io.stack import ScanStack
 from .methods.base import FrameSource, stack_arrays
 from .model_file import DenoiserModel
 
+_log = logging.getLogger("napari_xrd_denoise")
+
 
 def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
                   center: tuple[float, float] | list[float] | None = None) -> np.ndarray | None:
     """Ring index per pixel for the flux correction along the rings (``infer.preserve_profile``), or
     ``None`` when it is off.
 
-    ``None`` (auto) turns it on for 2D frames when a geometry (``--poni``) or a centre (``--center`` /
-    a drawn centre) was given, and leaves it off otherwise; ``True`` requires one (error without).
-    A centre found only in the file's header does not turn it on by itself (headers are often off by
-    pixels); it is used when the correction is asked for. ``center`` (e.g. drawn in the GUI after
-    training) overrides the model's.
+    ``None`` (auto) turns it on for 2D frames whenever the rings are known: a geometry (``--poni``), or a
+    beam centre (``center``, e.g. drawn in the GUI after training; else the model's ``--center``; else
+    the file's own, as ``xrd-denoise info`` shows it). ``True`` requires one (error without); ``False``
+    turns it off.
     """
     from .physics.geometry import radial_map, ring_bins
 
     want = getattr(infer, "preserve_profile", None)
     if want is False:
         return None
-    center = center if center is not None else model.config.method.center
-    if want is None:
-        if stack.frame_ndim != 2 or (stack.geometry is None and center is None):
+    if center is None:
+        center = model.config.method.center or stack.beam_center
+    known = stack.frame_ndim == 2 and (stack.geometry is not None or center is not None)
+    if not known:
+        if want is None:
             return None
-    else:
-        center = center or stack.beam_center
         if stack.frame_ndim != 2:
             raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
-        if stack.geometry is None and center is None:
-            raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+        raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+    src = "the PONI geometry" if stack.geometry is not None else f"the beam centre ({center[0]:.1f}, {center[1]:.1f})"
+    _log.info(f"flux correction along the rings from {src}, windows of {int(infer.profile_window)} one-pixel "
+              "rings" + (" (default; --no-preserve-profile turns it off)" if want is None else ""))
     return ring_bins(radial_map(stack.frame_shape, geometry=stack.geometry, center=center))
 
 
@@ -130,6 +134,8 @@ def predict_stack(
         from .io.writers import ResultWriter
 
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
+        prov["flux_correction"] = (f"along the rings, windows of {int(inf.profile_window)} ring bins"
+                                   if rings is not None else "off")
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
     done = start
