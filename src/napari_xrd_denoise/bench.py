@@ -971,7 +971,7 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
     if d and raw:
         ok = d["profile_err"] <= raw["profile_err"]
         out.append(("azimuthal profile error <= raw (thinned real LaB6, default method)",
-                    f"{_fmt(d['profile_err'], 3)} vs raw {_fmt(raw['profile_err'], 3)}", verdict(ok)))
+                    f"{_fmt(d['profile_err'], 4)} vs raw {_fmt(raw['profile_err'], 4)}", verdict(ok)))
     cpu = speed[0] if speed else None
     for sp in speed:
         if "peer_infer_fps" in sp:
@@ -1015,6 +1015,7 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
 
 
 def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extras: dict[str, Any]) -> list[str]:
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -1036,7 +1037,7 @@ def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extr
             for s in img:
                 r = _row(s, m)
                 vals.append(r["psnr_sqrt"] if r else np.nan)
-            ax.bar(np.arange(len(img)) + j * w, vals, w, label=m)
+            ax.bar(np.arange(len(img)) + j * w, vals, w, label=m, color=matplotlib.colormaps["tab20"](j % 20))
         ax.set_xticks(np.arange(len(img)) + 0.4 - w / 2, [s.key for s in img], rotation=0)
         ax.set_ylabel("PSNR on the square-root scale (dB)")
         lo = np.nanmin([r.get("psnr_sqrt", np.nan) for s in img for r in s.rows if r.get("ok")] + [0])
