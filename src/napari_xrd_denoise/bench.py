@@ -19,6 +19,7 @@ could not be measured is reported as such, and every goal states whether the mea
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -255,8 +256,14 @@ def train_predict(method: str, stack, budget_s: float, device: str, st: Settings
     model = Trainer(cfg, stack).run()
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = predict_stack(model, stack)
+    lg = logging.getLogger("napari_xrd_denoise")
+    level = lg.level
+    lg.setLevel(logging.WARNING)  # the per-run notes (e.g. the flux correction) would repeat for every method
+    try:
+        with torch.inference_mode():
+            out = predict_stack(model, stack)
+    finally:
+        lg.setLevel(level)
     pred_s = time.perf_counter() - t0
     n = len(model.history.get("train_loss", []))
     return Result(method, np.asarray(out, dtype=np.float32).reshape((-1,) + stack.frame_shape), train_s, pred_s,
