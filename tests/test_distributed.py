@@ -237,9 +237,10 @@ def test_worker_task_in_process_loads_the_model_once(files):
     spec = D.reopen_spec(stack)
     inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
     D._MODELS.clear()
-    c0, a, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu")
+    rings = D.profile_rings(model, stack, model.config.infer)  # the file gives a beam centre: the client's ring map
+    c0, a, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     first = D._MODELS[(key, "cpu")]
-    c0b, b, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu")
+    c0b, b, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     assert D._MODELS[(key, "cpu")] is first and len(D._MODELS) == 1
     ref = predict_stack(model, stack, infer=model.config.infer)
     assert c0 == c0b == 3
@@ -275,8 +276,26 @@ def test_worker_applies_the_default_flux_correction_like_the_single_process_path
     key = D.hashlib.sha256(blob).hexdigest()
     inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
     assert inf["preserve_profile"] is None  # auto
-    _, got, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu")  # one predict_stack chunk
+    rings = D.profile_rings(model, stack, model.config.infer)  # the client's ring map, sent to the workers
+    _, got, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu", rings=rings)  # one chunk
     ref = predict_stack(model, stack, infer=model.config.infer)
     np.testing.assert_array_equal(got, ref[:3])
     off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer)
     assert not np.allclose(np.nan_to_num(off[:3]), np.nan_to_num(ref[:3]))
+
+
+def test_cluster_output_keeps_the_flux_correction_and_refuses_it_without_a_centre(cluster, files, tmp_path):
+    model = _model(files["n2s"])
+    model.config.method.center = [30.5, 33.0]
+    stack = open_stack(files["h5"])
+    ref = predict_stack(model, stack, infer=model.config.infer)
+    out = D.predict_distributed(model, stack, tmp_path / "flux.h5", infer=model.config.infer, scheduler=cluster)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][()], ref)
+        assert f["entry/provenance"].attrs["flux_correction"].startswith("along the rings")
+    plain = _model(files["n2s"])  # no centre anywhere: asking for the correction is refused by the client
+    plain.config.method.center = None  # (training copied the file's centre into the model)
+    bare = ScanStack.from_array(np.asarray(stack.data.compute()))
+    with pytest.raises(XRDError, match="--preserve-profile needs a geometry"):
+        D.predict_distributed(plain, bare, infer=Config().replace(infer__preserve_profile=True).infer,
+                              scheduler=cluster)

@@ -36,7 +36,7 @@ import numpy as np
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
-from .inference import correct_profile, profile_rings
+from .inference import correct_profile, flux_provenance, profile_rings
 from .methods.base import FrameSource, stack_arrays
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
@@ -271,11 +271,13 @@ def denoise_chunk(
     infer: dict,
     device: str | None = None,
     frames: tuple[np.ndarray, np.ndarray] | None = None,
+    rings: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Worker task: denoise flat frames ``c0:c1``; returns ``(c0, counts float32, valid)``.
 
     ``frames``: ``(indices, raw frames)`` sent by the client (every frame the method reads); without
-    it the worker reads from ``stack_spec`` itself. Batches are those of ``predict_stack``.
+    it the worker reads from ``stack_spec`` itself. Batches are those of ``predict_stack``. ``rings``:
+    the ring map of the flux correction (``inference.profile_rings``, made once by the client), or None.
     """
     from .methods import get_method
 
@@ -303,7 +305,6 @@ def denoise_chunk(
         b1 = min(c1, b0 + bs)
         batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
         out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
-    rings = profile_rings(model, stack, inf)
     if rings is not None:
         counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
         correct_profile(out, counts, np.asarray(valid, dtype=bool), rings, inf)
@@ -421,6 +422,7 @@ def predict_distributed(
 
     model_blob = _model_bytes(model)
     model_key = hashlib.sha256(model_blob).hexdigest()
+    rings = profile_rings(model, stack, inf)  # decided (and refused) here, sent once to every worker
 
     writer = None
     result = None
@@ -433,6 +435,7 @@ def predict_distributed(
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
         where = f"scheduler {scheduler}" if scheduler else f"local cluster of {int(workers)} worker processes"
         prov["distributed"] = f"dask {where}; frames {'read by the workers' if mode == 'reopen' else 'sent by the client'}"
+        prov["flux_correction"] = flux_provenance(rings, inf)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite,
                               resume=resume)
         start = int(writer.n_done) if resume else 0
@@ -447,6 +450,7 @@ def predict_distributed(
         n_workers = _n_workers(client)
         model_future = client.scatter(model_blob, broadcast=True)
         spec_future = client.scatter(spec, broadcast=True)
+        rings_future = None if rings is None else client.scatter(rings, broadcast=True)
         flat = stack.flat()
         chunks = iter([(c0, min(n, c0 + chunk)) for c0 in range(start, n, chunk)])
         limit = max(2, 2 * n_workers)
@@ -475,7 +479,7 @@ def predict_distributed(
                     raw = np.concatenate([raw, np.stack([np.asarray(flat[i].compute()) for i in extra])])
                 frames = (np.array(list(range(c0, c1)) + extra, dtype=int), raw)
             fut = client.submit(denoise_chunk, model_key, model_future, spec_future, c0, c1, infer_dict, device,
-                                frames, pure=False)
+                                frames, rings_future, pure=False)
             futures[fut] = (c0, c1)
             ac.add(fut)
             return True

@@ -55,6 +55,11 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
     return ring_bins(radial_map(stack.frame_shape, geometry=stack.geometry, center=center))
 
 
+def flux_provenance(rings: np.ndarray | None, infer: InferConfig) -> str:
+    """The output provenance's ``flux_correction`` entry."""
+    return f"along the rings, windows of {int(infer.profile_window)} ring bins" if rings is not None else "off"
+
+
 def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, rings: np.ndarray | None,
                     infer: InferConfig) -> np.ndarray:
     """Apply the flux correction along the rings to a chunk of denoised frames (in place)."""
@@ -62,7 +67,7 @@ def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, ring
         return out
     from .physics.geometry import preserve_profile
 
-    window = int(getattr(infer, "profile_window", 1))
+    window = int(infer.profile_window)
     for j in range(out.shape[0]):
         out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window)
     return out
@@ -134,8 +139,7 @@ def predict_stack(
         from .io.writers import ResultWriter
 
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
-        prov["flux_correction"] = (f"along the rings, windows of {int(inf.profile_window)} ring bins"
-                                   if rings is not None else "off")
+        prov["flux_correction"] = flux_provenance(rings, inf)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
     done = start
