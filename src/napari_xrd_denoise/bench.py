@@ -600,16 +600,6 @@ def _mse_sqrt_poisson(mu: np.ndarray) -> np.ndarray:
     return np.where(mu > 400.0, 0.25, np.interp(mu, grid, table))
 
 
-def _local_mean(x: np.ndarray, valid: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """Gaussian-weighted mean of ``x`` over valid pixels, frame by frame (normalised convolution)."""
-    from scipy import ndimage
-
-    sig = (0,) * (x.ndim - 2) + (sigma, sigma)
-    num = ndimage.gaussian_filter(np.where(valid, x, 0.0), sig)
-    den = ndimage.gaussian_filter(valid.astype(np.float64), sig)
-    return np.where(valid, num / np.maximum(den, 1e-12), 0.0)
-
-
 def _ideal_row(ref: np.ndarray, var_ref: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
     """Expected score of the true mean against the noisy reference ``c R`` (``R`` Poisson, ``c = p/(1-p)``).
 
@@ -624,7 +614,9 @@ def _ideal_row(ref: np.ndarray, var_ref: np.ndarray, valid: np.ndarray) -> dict[
     mse_c = float(np.mean(var_ref[ok]))
     peak = float(np.max(ref[ok]))
     c = float(np.sum(var_ref[ok]) / max(np.sum(ref[ok]), 1e-12))  # var_ref = c * ref
-    mu = _local_mean(np.where(ok, ref, 0.0) / max(c, 1e-12), ok)
+    from .baselines import _normconv
+
+    mu = _normconv(np.where(ok, ref, 0.0) / max(c, 1e-12), ok, 1.0, 2)  # local mean over valid pixels
     mse_s = float(np.mean(c * _mse_sqrt_poisson(mu[ok])))
     return {"method": IDEAL, "ok": True,
             "psnr_counts": 10 * math.log10(peak**2 / mse_c) if mse_c > 0 else math.inf,
