@@ -118,8 +118,8 @@ class InferConfig:
     j_invariant: bool = False  # n2s: sum over all mask phases
     tta: bool = False  # flip test-time augmentation
     split_passes: int = 2  # n2n-split: passes averaged per frame (pairs of complementary halves; 0 = one full-frame pass)
-    # local flux correction along the rings (needs a geometry or a centre): None = auto (on when --poni or
-    # --center is given), True = required, False = off
+    # local flux correction along the rings: None = auto (on when the rings are known: --poni, --center, a
+    # drawn centre or the file's own centre), True = required (error without), False = off
     preserve_profile: bool | None = None
     profile_window: int = 9  # ring bins (about 1 px each) per flux-correction window; 1 = exact raw profile
 

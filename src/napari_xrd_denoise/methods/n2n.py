@@ -69,7 +69,7 @@ class Noise2NoiseSplit(Method):
         p = self.p
         a, b = split(np.where(valid, counts, 0), p, rng)
         pa, pb = p, 1.0 - p
-        if (space == "poisson" or abs(p - 0.5) < 1e-9) and rng.random() < 0.5:
+        if self.complementary(space) and rng.random() < 0.5:
             a, b, pa, pb = b, a, pb, pa
         x = self.norm.to_net(a / np.float32(pa), valid)
         if space == "poisson":
@@ -77,7 +77,8 @@ class Noise2NoiseSplit(Method):
         return Sample(x[None], self.norm.to_net(b, valid), valid.astype(np.float32))
 
     def complementary(self, space: str | None = None) -> bool:
-        """Whether the complement ``(n - a) / (1 - p)`` is an input the network was trained on."""
+        """Whether training swaps the halves (``space``: its loss space), so the complement ``(n - a) / (1 - p)``
+        is an input the network was trained on."""
         return (space or self.loss_space(None)) == "poisson" or abs(self.p - 0.5) < 1e-9
 
     def split_inputs(self, batch, k: int) -> np.ndarray:
