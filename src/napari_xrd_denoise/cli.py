@@ -126,10 +126,10 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--j-invariant", action="store_const", const=True, help="J-invariant Noise2Self inference")
     g.add_argument("--tta", action="store_const", const=True, help="flip test-time augmentation")
     g.add_argument("--preserve-profile", action="store_const", const=True,
-                   help="correct the result's flux along the rings to the counts' (needs --poni or --center; "
-                        "default: on when either is given)")
+                   help="correct the result's flux along the rings to the counts' (needs --poni or a centre; "
+                        "default: on when the rings are known: --poni, --center or the file's own centre)")
     g.add_argument("--no-preserve-profile", dest="preserve_profile", action="store_const", const=False,
-                   help="no flux correction along the rings, even with --poni or --center")
+                   help="no flux correction along the rings, even when the rings are known")
     g.add_argument("--profile-window", type=int,
                    help="ring bins (about 1 px each) per flux-correction window (default 9; 1 = exact raw profile)")
     g.add_argument("--split-passes", type=int,
@@ -345,15 +345,17 @@ class _NoteFormatter(logging.Formatter):
         return f"{kind}: {record.getMessage()}"
 
 
-def _log_to_stderr(quiet: bool) -> logging.Handler:
-    """The package's log records (notes, warnings) as one line each on stderr while a command runs."""
+def _log_to_stderr(quiet: bool) -> tuple[logging.Handler, int]:
+    """The package's log records (notes, warnings) as one line each on stderr while a command runs;
+    returns the handler and the logger's previous level, for :func:`main` to restore."""
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(_NoteFormatter())
     h.setLevel(logging.WARNING if quiet else logging.INFO)
     lg = logging.getLogger("napari_xrd_denoise")
+    previous = lg.level
     lg.addHandler(h)
     lg.setLevel(logging.INFO)
-    return h
+    return h, previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
-    handler = _log_to_stderr(bool(getattr(args, "quiet", False)))
+    handler, level = _log_to_stderr(bool(getattr(args, "quiet", False)))
     try:
         return COMMANDS[args.command](args)
     except XRDError as e:
@@ -384,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
-        logging.getLogger("napari_xrd_denoise").removeHandler(handler)
+        lg = logging.getLogger("napari_xrd_denoise")
+        lg.removeHandler(handler)
+        lg.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -125,8 +125,9 @@ class PredictWidget(QWidget):
         self.tta = QCheckBox("flip test-time augmentation")
         self.flux = QCheckBox("flux correction along the rings (with a beam centre or PONI)")
         self.flux.setChecked(True)
-        self.flux.setToolTip("Scale the result so that, over windows of 9 one-pixel rings, its flux is the counts' "
-                             "(integrated intensities keep the data's). Needs a beam centre (Masks widget) or a PONI.")
+        self.flux.setToolTip(f"Scale the result so that, over windows of {InferConfig().profile_window} one-pixel "
+                             "rings, its flux is the counts' (integrated intensities keep the data's). Needs a beam "
+                             "centre (Masks widget, or the file's) or a PONI.")
         f.addRow(self.j_inv)
         f.addRow(self.tta)
         f.addRow(self.flux)
