@@ -67,6 +67,8 @@ class DDPTrainer(Trainer):
         self.device = torch.device(device)
         self.device_message = ""
         self.report: dict[str, Any] = {}
+        self.backend = dist.get_backend()
+        self._first_batch: str | None = None  # hash of this rank's first training batch, for the report
 
     def _emit(self, kind: str, **kw) -> None:
         if self.rank == 0:
@@ -86,8 +88,6 @@ class DDPTrainer(Trainer):
 
     # ---- the Trainer loop's hooks ------------------------------------------------------------------------
     def _make_rng(self, tc) -> np.random.Generator:
-        self.backend = dist.get_backend()
-        self._first_batch = None
         return np.random.default_rng(rank_seed(tc.seed, self.rank))
 
     def _restore_rng(self, d: dict[str, Any], rng: np.random.Generator) -> np.random.Generator:
