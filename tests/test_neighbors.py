@@ -121,6 +121,39 @@ def test_combine_n2s_hides_the_centre_where_the_loss_is():
     assert np.all(s.input[-1][w] == 0.0)  # hidden centre pixels replaced by the neutral value
 
 
+def test_combine_split_feeds_one_half_of_the_centre_and_targets_the_other():
+    stack = _labelled_stack()
+    m = _method(neighbors=4, combine_split=True)
+    m.check(stack)
+    src = FrameSource(stack)
+    m.attach(src)
+    assert m.in_channels == 5
+    assert m.loss_space(0) == "poisson"  # no MSE warm-up: the split target is counts from the start
+    rng = np.random.default_rng(4)
+    swapped = set()
+    for i in (0, 7, 14):
+        s = m.make_sample(m.load(i, src), rng, "poisson")
+        assert s.input.shape == (5, 16, 16)
+        half = ((s.input[-1] * 2.0 + 3.0) / 2.0) ** 2 - 0.375  # inverse Anscombe of the last channel: a / p
+        p_in = 1.0 - s.scale
+        swapped.add(round(float(s.scale), 3))
+        a = np.rint(half * p_in)
+        np.testing.assert_allclose(half * p_in, a, atol=1e-3)  # whole counts once scaled back
+        np.testing.assert_array_equal(a + s.target, i + 1)  # the two halves add up to the frame
+        assert s.weight.all()
+        ids = np.rint(((s.input[:4, 0, 0] * 2.0 + 3.0) / 2.0) ** 2 - 0.375).astype(int) - 1
+        assert i not in ids  # the neighbours are still other frames
+    assert swapped <= {0.5}
+
+
+def test_combine_split_needs_counts_and_excludes_combine_n2s():
+    floats = ScanStack.from_array(np.random.default_rng(0).random((3, 4, 16, 16)).astype(np.float32) * 5)
+    with pytest.raises(XRDError, match="combine_split"):
+        _method(combine_split=True).check(floats)
+    with pytest.raises(XRDError, match="choose one"):
+        _method(combine_split=True, combine_n2s=True).check(_labelled_stack())
+
+
 def test_method_needs_a_2d_scan_grid():
     flat = ScanStack.from_array(np.ones((15, 16, 16), np.uint16))
     m = _method()
@@ -208,6 +241,37 @@ def test_short_training_on_a_scan_beats_raw():
     assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
     assert psnr(out) > psnr(scan.counts.astype(float)) + 6.0
     # counts are kept: the total over valid pixels within 5 %
+    assert abs(np.nansum(out[valid]) / truth[valid].sum() - 1.0) < 0.05
+
+
+def test_short_training_with_the_split_centre_beats_raw_and_keeps_counts():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from napari_xrd_denoise.inference import predict_stack
+    from napari_xrd_denoise.training import Trainer
+    from napari_xrd_denoise.synthetic import make_scan
+
+    scan = make_scan((5, 5), (64, 64), dose="mid", seed=6)
+    stack = scan.to_stack()
+    valid = stack.valid(scan.counts)
+    truth = scan.truth
+
+    def psnr(x):
+        e = np.sqrt(np.maximum(x[valid], 0)) - np.sqrt(truth[valid])
+        return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
+
+    cfg = Config().replace(
+        method__name="neighbors", combine_split=True, neighbors=4, epochs=4, steps_per_epoch=20,
+        train__batch_size=4, patch_size=48, width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1,
+        threads=1,
+    )
+    tr = Trainer(cfg, stack)
+    model = tr.run()
+    assert tr.history["loss_space"] == ["poisson"] * 4
+    out = predict_stack(model, stack)
+    assert out.shape == stack.shape
+    assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+    assert psnr(out) > psnr(scan.counts.astype(float)) + 6.0
     assert abs(np.nansum(out[valid]) / truth[valid].sum() - 1.0) < 0.05
 
 

@@ -39,7 +39,9 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "neighbors": ("method", "neighbors", int),
     "center_guard": ("method", "center_guard", float),
     "combine_n2s": ("method", "combine_n2s", bool),
+    "combine_split": ("method", "combine_split", bool),
     "symmetrize": ("method", "symmetrize", bool),
+    "partner_interp": ("method", "partner_interp", str),
     "warmup_epochs": ("method", "warmup_epochs", int),
     "cycles": ("method", "cycles", int),
     "reference": ("method", "reference", str),
@@ -96,10 +98,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetry", help="friedel or mirror")
     g.add_argument("--mirror-angle", type=float, help="mirror line angle in degrees")
     g.add_argument("--center-guard", type=float, help="pixels around the centre left out of the symmetry loss")
+    g.add_argument("--partner-interp", choices=("linear", "cubic", "lanczos3"),
+                   help="symmetry: interpolation of the partner image (default lanczos3)")
     g.add_argument("--symmetrize", action="store_const", const=True,
                    help="symmetry: average the prediction with its partner where both are valid")
     g.add_argument("--combine-n2s", action="store_const", const=True,
                    help="symmetry/neighbors: also blind-spot mask the input (Noise2Self)")
+    g.add_argument("--combine-split", action="store_const", const=True,
+                   help="neighbors: also feed one binomial half of the centre frame, target the other half")
     g.add_argument("--neighbors", type=int, choices=(4, 8, 24), help="neighbour frames for the neighbors method")
     g.add_argument("--warmup-epochs", type=int, help="neighbors: MSE epochs before the Poisson loss")
     g.add_argument("--cycles", type=int, help="iterative refinement cycles (neighbors)")

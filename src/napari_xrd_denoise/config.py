@@ -69,7 +69,9 @@ class MethodConfig:
     mirror_angle: float = 0.0  # degrees, line through the centre
     center_guard: float = 3.0  # pixels around the centre excluded (a pixel is its own partner)
     combine_n2s: bool = False  # also blind-spot mask the input (symmetry / neighbors)
+    combine_split: bool = False  # neighbors: add one binomial half of the centre frame as input, target the other
     symmetrize: bool = False  # symmetry: average the prediction with its partner where both are valid
+    partner_interp: str = "lanczos3"  # symmetry: partner interpolation, linear | cubic | lanczos3 (docs/methods.md)
     # neighbour-scan blind spot
     neighbors: int = 8  # 4, 8 or 24
     cycles: int = 1  # iterative refinement cycles
@@ -187,6 +189,7 @@ class Config:
         _choice("method.n2n_strategy", m.n2n_strategy, ("1:X", "X:1"))
         _choice("method.loss", m.loss, LOSSES)
         _choice("method.symmetry", m.symmetry, ("friedel", "mirror"))
+        _choice("method.partner_interp", m.partner_interp, ("linear", "cubic", "lanczos3"))
         _choice("method.neighbors", m.neighbors, (4, 8, 24))
         _choice("model.arch", mo.arch, ARCHS)
         _choice("data.transform", dd.transform, TRANSFORMS)

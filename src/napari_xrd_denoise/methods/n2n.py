@@ -12,6 +12,23 @@ from .base import FrameSource, Method, Sample, flip_tta
 MAX_OTHERS = 8  # realisations used as context for one target frame
 
 
+def split_halves(counts: np.ndarray, valid: np.ndarray, p: float, k: int, complementary: bool = True) -> np.ndarray:
+    """``(B, 1, *frame)`` full-dose-scaled halves for the ``k``-th inference pass of a batch of count frames.
+
+    Pass ``k`` uses binomial split ``k // 2`` (seeded from the frame's content, so a frame always gets
+    the same halves): its kept half ``a / p`` for even ``k`` and the complement ``(n - a) / (1 - p)``
+    for odd ``k``; with ``complementary=False`` every pass is an independent split's kept half.
+    """
+    s, other = (k // 2, k % 2 == 1) if complementary else (k, False)
+    xs = []
+    for c, v in zip(counts, valid):
+        c0 = np.where(v, c, 0)
+        seed = [int(s), int(np.round(c0.sum())) % (2**32), int(c0.size)]
+        a, b = split(c0, p, np.random.default_rng(seed))
+        xs.append(b / np.float32(1.0 - p) if other else a / np.float32(p))
+    return np.stack(xs)[:, None]
+
+
 class Noise2NoiseSplit(Method):
     """Noise2Noise from one acquisition by binomial splitting.
 
@@ -85,17 +102,8 @@ class Noise2NoiseSplit(Method):
         """Network input ``(B, 1, *frame)`` for the ``k``-th inference pass of every frame: split ``k // 2``,
         its kept half for even ``k`` and the complement for odd ``k`` (independent splits when the
         complement is not a training input)."""
-        counts, valid = batch["counts"], batch["valid"]
-        comp = self.complementary()
-        s, other = (k // 2, k % 2 == 1) if comp else (k, False)
-        xs = []
-        for c, v in zip(counts, valid):
-            c0 = np.where(v, c, 0)
-            seed = [int(s), int(np.round(c0.sum())) % (2**32), int(c0.size)]
-            a, b = split(c0, self.p, np.random.default_rng(seed))
-            x = b / np.float32(1.0 - self.p) if other else a / np.float32(self.p)
-            xs.append(self.norm.to_net(x, v))
-        return np.stack(xs)[:, None]
+        halves = split_halves(batch["counts"], batch["valid"], self.p, k, self.complementary())
+        return np.stack([self.norm.to_net(h[0], v) for h, v in zip(halves, batch["valid"])])[:, None]
 
     def passes(self, infer) -> int:
         """Passes at inference: ``infer.split_passes`` when the configuration has it, else 2 (one

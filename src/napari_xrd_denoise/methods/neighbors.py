@@ -22,6 +22,14 @@ converts its outputs with the right link.
 hidden (replaced as ``method.replace``), and only the hidden valid pixels enter the loss. Single-pass
 inference then sees the centre frame; ``infer.j_invariant`` sums over all grid phases instead.
 
+``method.combine_split`` (integer counts only): the centre frame enters too, as one binomial half
+``a / p`` (``method.split_p``) added as a last channel, and the target is the other half ``b`` with
+``rate = (1 - p) * link(output)`` (Poisson from the first epoch, no warm-up), exactly as ``n2n-split``
+(the halves' roles swap at random). Every valid pixel enters the loss and the network sees the pixel's
+own half, so at high doses it does as well as ``n2n-split`` while the neighbours help at low doses.
+Inference averages complementary halves as ``n2n-split`` does (``infer.split_passes``).
+Measured on the synthetic 4x4 scans of docs/benchmarks.md: see docs/methods.md.
+
 Iterative refinement (``method.cycles > 1``) is driven by :mod:`napari_xrd_denoise.refine`; it swaps
 the neighbour frames for leak-free estimates through :attr:`NeighborScan.context_provider`.
 """
@@ -80,8 +88,16 @@ class NeighborScan(Method):
         return int(self.mc.neighbors)
 
     @property
+    def split(self) -> bool:
+        return bool(getattr(self.mc, "combine_split", False))
+
+    @property
+    def p(self) -> float:
+        return float(self.mc.split_p)
+
+    @property
     def in_channels(self) -> int:
-        return self.n + (1 if self.mc.combine_n2s else 0)
+        return self.n + (1 if (self.mc.combine_n2s or self.split) else 0)
 
     def default_loss(self) -> str:
         return "poisson"
@@ -106,7 +122,7 @@ class NeighborScan(Method):
                 return self.final_space()
             return "mse" if (cur == "poisson" and not self.poisson_ok()) else cur
         want = self.final_space()
-        if want == "poisson" and epoch < int(self.mc.warmup_epochs):
+        if want == "poisson" and epoch < int(self.mc.warmup_epochs) and not self.split:
             return "mse"
         return want
 
@@ -151,6 +167,14 @@ class NeighborScan(Method):
         self._integer = (
             self.norm.transform in ("anscombe", "gat") and not stack.keep_negatives and _is_integer_data(stack)
         )
+        if self.split:
+            if self.mc.combine_n2s:
+                raise XRDError("method.combine_split and method.combine_n2s both add the centre frame; choose one")
+            if not (self._integer and self.norm.transform == "anscombe") or self._loss_choice == "mse":
+                raise XRDError(
+                    f"{stack.label}: method.combine_split splits photon counts: it needs integer counts, "
+                    f"data.transform=anscombe and the Poisson loss (method.loss auto or poisson)"
+                )
         if self._loss_choice == "poisson" and not self._integer:
             self.messages.append(
                 "method.loss=poisson needs integer counts; these data are not, so the MSE loss is used"
@@ -199,6 +223,15 @@ class NeighborScan(Method):
         c, v = arrays["counts"], arrays["valid"]
         x = self.norm.to_net(arrays["context"], arrays["context_valid"])
         weight = v
+        if self.split:
+            from ..physics.binomial import split
+
+            a, b = split(np.where(v, c, 0), self.p, rng)
+            pa, pb = self.p, 1.0 - self.p
+            if rng.random() < 0.5:
+                a, b, pa, pb = b, a, pb, pa
+            x = np.concatenate([x, self.norm.to_net(a / np.float32(pa), v)[None]], axis=0)
+            return Sample(x.astype(np.float32), self.target_from_counts(b, v, space), v.astype(np.float32), scale=pb)
         if self.mc.combine_n2s:
             w = int(self.mc.mask_width)
             hidden = grid_mask(v.shape, w, int(rng.integers(n_phases(w, self.ndim))))
@@ -214,6 +247,22 @@ class NeighborScan(Method):
         if self.mc.combine_n2s:
             x = np.concatenate([x, self.norm.to_net(batch["counts"], batch["valid"])[:, None]], axis=1)
         return x.astype(np.float32)
+
+    def denoise(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
+        if not self.split:
+            return super().denoise(run, batch, infer)
+        from .n2n import split_halves
+
+        ctx = self.norm.to_net(batch["context"], batch["context_valid"])
+        n = max(1, int(getattr(infer, "split_passes", 2) or 2))
+        acc = None
+        for k in range(n):
+            half = split_halves(batch["counts"], batch["valid"], self.p, k, complementary=True)
+            x = np.concatenate([ctx, self.norm.to_net(half, batch["valid"][:, None])], axis=1).astype(np.float32)
+            y = flip_tta(run, x, self.ndim) if infer.tta else run(x)
+            c = self.to_counts(y, batch["valid"]).astype(np.float64)
+            acc = c if acc is None else acc + c
+        return (acc / n).astype(np.float32)
 
     def predict(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
         if not (self.mc.combine_n2s and infer.j_invariant):

@@ -6,9 +6,11 @@ Friedel, the reflection across a line through ``c`` for a mirror). So the partne
 Noise2Noise target for the frame, and the frame for the partner image.
 
 Training sample (see :mod:`methods.base` for the data flow): :meth:`load` computes, on the *full*
-frame, the partner image (interpolated about the sub-pixel centre, in counts and on the transformed
-scale) and the common validity (pixel valid, every interpolation support pixel of its partner valid
-and inside the frame, outside the guard zone around the centre / mirror line). The trainer then crops
+frame, the partner image (interpolated about the sub-pixel centre with ``method.partner_interp``,
+default Lanczos-3: a bilinear partner is a blurred target and taught a blurred estimate, see
+docs/methods.md; in counts and on the transformed scale) and the common validity (pixel valid, every
+interpolation support pixel of its partner valid and inside the frame, outside the guard zone around
+the centre / mirror line). The trainer then crops
 the same window from every array and applies the same rot90 / flips to all of them, so the pixel-wise
 partner relation survives the augmentation. :meth:`make_sample` swaps input and target at random.
 Loss weight: the common validity only. ``method.combine_n2s`` additionally hides a Noise2Self grid
@@ -120,10 +122,11 @@ class SymmetryN2N(Method):
 
     def operator(self, frame_shape: tuple[int, int]) -> sym.PartnerOperator:
         c = self.center(frame_shape)
-        key = (tuple(frame_shape), c, self.kind, self.angle)
+        interp = str(getattr(self.mc, "partner_interp", "linear"))
+        key = (tuple(frame_shape), c, self.kind, self.angle, interp)
         op = self._ops.get(key)
         if op is None:
-            op = sym.PartnerOperator(frame_shape, c, self.kind, self.angle)
+            op = sym.PartnerOperator(frame_shape, c, self.kind, self.angle, interp)
             self._ops = {key: op}
             self._guard = sym.guard_mask(frame_shape, c, float(self.mc.center_guard), self.kind, self.angle)
         return op
