@@ -228,6 +228,55 @@ def test_n2n_split_inference_is_deterministic_and_unbiased_lattice():
     assert np.allclose(h0[v], np.round(h0[v]), atol=1e-3) and not np.allclose(h0[v], h1[v])
 
 
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_orientations_form_the_augmentation_group(ndim):
+    from napari_xrd_denoise.methods.base import n_orientations, orient, unorient
+
+    x = np.arange(2 * 3 * 5 * 5).reshape(2, 3, 5, 5).astype(float) if ndim == 2 else np.arange(14.0).reshape(2, 7)
+    seen = set()
+    for k in range(n_orientations(ndim)):
+        y = orient(x, k, ndim)
+        np.testing.assert_array_equal(unorient(y, k, ndim), x)
+        seen.add(y.tobytes())
+    assert len(seen) == n_orientations(ndim)  # all distinct: 8 in 2D, 2 in 1D
+
+
+def test_tta_averages_a_network_over_the_8_orientations():
+    from napari_xrd_denoise.methods.base import flip_tta
+
+    h = w = 6
+    col = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
+
+    def run(x):  # an "identity" network with a bias that depends on the column: not rotation-equivariant
+        return x[:, 0] + col
+
+    x = np.random.default_rng(0).random((2, 1, h, w)).astype(np.float32)
+    # over the 8 symmetries of the square, the column index turns into c, w-1-c, r and h-1-r twice each
+    np.testing.assert_allclose(flip_tta(run, x, 2), x[:, 0] + (w - 1) / 2.0, atol=1e-5)
+
+
+def test_n2n_split_passes_see_the_frame_in_different_orientations():
+    from napari_xrd_denoise.config import InferConfig
+    from napari_xrd_denoise.methods.base import ORIENTATIONS_2D, orient
+
+    frames, lam, valid = rings(shape=(24, 24), n=1)
+    v = np.ones((24, 24), bool)
+    v[2:5, 3] = False  # an asymmetric mark: invalid pixels are the neutral 0 in the input
+    m, src = _sample_for("n2n-split", frames)
+    c, vv = src.get_many([0])
+    vv = vv & v
+    seen = []
+
+    def run(x):
+        seen.append(x[0, 0] == 0.0)
+        return np.zeros((x.shape[0],) + x.shape[2:], np.float32)
+
+    m.denoise(run, {"counts": c, "valid": vv}, InferConfig())
+    assert len(seen) == 4  # the default: two complementary pairs
+    for k, zeros in zip(ORIENTATIONS_2D[:4], seen):
+        assert zeros[orient(~vv[0], k, 2)].all()  # the invalid mark sits where orientation k puts it
+
+
 def test_n2n_frames_groups():
     frames = np.random.default_rng(0).poisson(3.0, size=(3, 4, 20, 20)).astype(np.uint16)
     stack = ScanStack.from_array(frames)  # 3 positions x 4 repeats

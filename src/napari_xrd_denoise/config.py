@@ -118,8 +118,8 @@ class InferConfig:
     overlap: int = 32  # tile overlap, blended
     chunk_frames: int = 16  # frames streamed per chunk
     j_invariant: bool = False  # n2s: sum over all mask phases
-    tta: bool = False  # flip test-time augmentation
-    split_passes: int = 2  # n2n-split: passes averaged per frame (pairs of complementary halves; 0 = one full-frame pass)
+    tta: bool = False  # test-time augmentation: average over all 8 rotations/reflections (2 in 1D) in every pass
+    split_passes: int = 4  # n2n-split: passes averaged per frame (pairs of complementary halves, each pass in another orientation; 0 = one full-frame pass)
     # local flux correction along the rings: None = auto (on when the rings are known: --poni, --center, a
     # drawn centre or the file's own centre), True = required (error without), False = off
     preserve_profile: bool | None = None

@@ -598,19 +598,62 @@ class Method:
         return self.to_counts(self.predict(run, batch, infer), batch["valid"])
 
 
+#: Orientations (elements of the dihedral group of the square) in the order successive inference passes
+#: use them: ``k = 4 * transpose + 2 * flip_rows + flip_columns``. Consecutive entries differ as much as
+#: possible (identity, then the transposed half-turn, then the transpose, the half-turn, ...).
+ORIENTATIONS_2D = (0, 7, 4, 3, 1, 6, 2, 5)
+
+
+def orient(x: np.ndarray, k: int, ndim: int) -> np.ndarray:
+    """Orientation ``k`` of the last ``ndim`` axes of ``x``: bit 0 flips the last axis, bit 1 the one
+    before (2D), bit 2 swaps the two (2D). 1D uses bit 0 only."""
+    if ndim == 1:
+        return np.ascontiguousarray(np.flip(x, -1) if k & 1 else x)
+    if k & 4:
+        x = np.swapaxes(x, -1, -2)
+    if k & 2:
+        x = np.flip(x, -2)
+    if k & 1:
+        x = np.flip(x, -1)
+    return np.ascontiguousarray(x)
+
+
+def unorient(y: np.ndarray, k: int, ndim: int) -> np.ndarray:
+    """Inverse of :func:`orient` (``y`` may lack the channel axis: only the last ``ndim`` axes move)."""
+    if ndim == 1:
+        return np.ascontiguousarray(np.flip(y, -1) if k & 1 else y)
+    if k & 1:
+        y = np.flip(y, -1)
+    if k & 2:
+        y = np.flip(y, -2)
+    if k & 4:
+        y = np.swapaxes(y, -1, -2)
+    return np.ascontiguousarray(y)
+
+
+def n_orientations(ndim: int) -> int:
+    return 8 if ndim == 2 else 2
+
+
+def oriented_run(run: Run, x: np.ndarray, ndim: int, k: int) -> np.ndarray:
+    """The network on orientation ``k`` of the input, mapped back to the input's orientation."""
+    return unorient(run(orient(x, k, ndim)), k, ndim)
+
+
+def pass_orientation(k: int, ndim: int) -> int:
+    """Orientation used by the ``k``-th of several averaged inference passes (see :data:`ORIENTATIONS_2D`)."""
+    return ORIENTATIONS_2D[k % 8] if ndim == 2 else k % 2
+
+
 def flip_tta(run: Run, x: np.ndarray, ndim: int) -> np.ndarray:
-    """Average of the network over all flips of the frame axes (4 in 2D, 2 in 1D)."""
-    axes = tuple(range(x.ndim - ndim, x.ndim))
+    """Average of the network over every orientation of the frame axes: the 8 rotations and reflections
+    of the square in 2D (the training augmentation's group), both directions in 1D."""
     acc = None
-    combos = list(np.ndindex(*(2,) * ndim))
-    for combo in combos:
-        flip_ax = tuple(a for a, f in zip(axes, combo) if f)
-        xi = np.flip(x, axis=flip_ax) if flip_ax else x
-        yi = run(np.ascontiguousarray(xi))
-        out_ax = tuple(a - 1 for a in flip_ax)  # output has no channel axis
-        yi = np.flip(yi, axis=out_ax) if out_ax else yi
+    n = n_orientations(ndim)
+    for k in range(n):
+        yi = oriented_run(run, x, ndim, k)
         acc = yi.astype(np.float64) if acc is None else acc + yi
-    return (acc / len(combos)).astype(np.float32)
+    return (acc / n).astype(np.float32)
 
 
 def patch_size_for(frame_shape: tuple[int, ...], patch: int) -> tuple[int, ...]:

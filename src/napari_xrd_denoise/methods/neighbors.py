@@ -44,7 +44,8 @@ from ..config import InferConfig
 from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics.neighbors import neighbor_indices
-from .base import FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
+from .base import (FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, oriented_run, pass_orientation,
+                   replace_hidden)
 from .symmetry import LoadCache
 
 MEAN_WEIGHT = 0.02
@@ -254,12 +255,15 @@ class NeighborScan(Method):
         from .n2n import split_halves
 
         ctx = self.norm.to_net(batch["context"], batch["context_valid"])
-        n = max(1, int(getattr(infer, "split_passes", 2) or 2))
+        n = max(1, int(getattr(infer, "split_passes", 4) or 4))
         acc = None
         for k in range(n):
             half = split_halves(batch["counts"], batch["valid"], self.p, k, complementary=True)
             x = np.concatenate([ctx, self.norm.to_net(half, batch["valid"][:, None])], axis=1).astype(np.float32)
-            y = flip_tta(run, x, self.ndim) if infer.tta else run(x)
+            if infer.tta:
+                y = flip_tta(run, x, self.ndim)
+            else:
+                y = oriented_run(run, x, self.ndim, pass_orientation(k, self.ndim))
             c = self.to_counts(y, batch["valid"]).astype(np.float64)
             acc = c if acc is None else acc + c
         return (acc / n).astype(np.float32)
