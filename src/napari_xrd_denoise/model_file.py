@@ -125,9 +125,16 @@ def _run_network_once(
     was_training = net.training
     net.eval()
     use_amp = bool(amp and device.type == "cuda")
+    from .models import as_layout, fast_layout
+
+    cl = fast_layout(net, ndim, device)
+    if device.type == "cpu":
+        # one frame per call is fastest on a CPU (2 cores, 512x512, channels-last: 3.3 frames/s with batch 1,
+        # 3.0 with 2, 2.5 with 4); batches pay off on GPUs
+        batch_size = 1
 
     def fwd(batch: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+        t = as_layout(torch.from_numpy(np.ascontiguousarray(batch)).to(device), cl)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             y = net(t)
         return y[:, 0].float().cpu().numpy()

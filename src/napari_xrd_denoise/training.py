@@ -27,6 +27,7 @@ from .errors import XRDError
 from .io.atomic import atomic_path
 from .io.stack import ScanStack
 from .methods import build_method, resolve_auto
+from .models import as_layout, fast_layout
 from .methods.base import (
     FrameSource,
     Method,
@@ -111,6 +112,7 @@ class Trainer:
         self.stack = stack
         self.callback = callback
         self.init_model = init_model
+        self._channels_last = False  # set by _run: inputs follow the network's memory layout
         self._cancel = threading.Event()
         self.resume = bool(resume)
         tc = cfg.train
@@ -216,7 +218,8 @@ class Trainer:
 
     def _collate(self, samples: list[Sample]) -> tuple[torch.Tensor, ...]:
         dev = self.device
-        x = torch.from_numpy(np.stack([s.input for s in samples]).astype(np.float32)).to(dev)
+        x = as_layout(torch.from_numpy(np.stack([s.input for s in samples]).astype(np.float32)).to(dev),
+                      self._channels_last)
         t = torch.from_numpy(np.stack([s.target for s in samples])[:, None].astype(np.float32)).to(dev)
         w = torch.from_numpy(np.stack([s.weight for s in samples])[:, None].astype(np.float32)).to(dev)
         sc = torch.tensor([s.scale for s in samples], dtype=torch.float32, device=dev)
@@ -416,6 +419,7 @@ class Trainer:
             except RuntimeError:
                 raise XRDError("method.init_model: the saved model's architecture does not match this method") from None
         self.net = net = net.to(self.device)
+        self._channels_last = fast_layout(net, int(cfg.data.ndim), self.device)
         self.use_amp = bool(tc.amp and self.device.type == "cuda")
         opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         total = int(tc.epochs * tc.steps_per_epoch)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
 from .dncnn import DnCNN
 from .unet import UNet
 
-__all__ = ["UNet", "DnCNN", "build_model", "count_parameters"]
+__all__ = ["UNet", "DnCNN", "build_model", "count_parameters", "channels_last", "fast_layout", "as_layout"]
 
 
 def build_model(cfg: ModelConfig, ndim: int, in_channels: int | None = None) -> nn.Module:
@@ -23,3 +24,27 @@ def build_model(cfg: ModelConfig, ndim: int, in_channels: int | None = None) -> 
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def channels_last(ndim: int, device: torch.device) -> bool:
+    """Whether 2D networks run faster with channels-last tensors on ``device``.
+
+    The default networks have few channels (8-64), where channels-last convolutions are much faster on
+    a CPU: measured on a 2-core machine (U-Net depth 3, width 8), inference on one 512x512 frame 0.117 ->
+    0.057 s and a training step on 8 patches of 96x96 (one thread) 0.102 -> 0.070 s (docs/benchmarks.md).
+    CUDA convolutions (cuDNN, mixed precision) prefer it too. Not used for 1D networks or MPS.
+    """
+    return int(ndim) == 2 and torch.device(device).type in ("cpu", "cuda")
+
+
+def fast_layout(net: nn.Module, ndim: int, device: torch.device) -> bool:
+    """Put ``net``'s weights in the faster memory layout for ``device`` (in place; the values do not
+    change). Returns whether inputs should be made channels-last too (:func:`as_layout`)."""
+    on = channels_last(ndim, device)
+    if on:
+        net.to(memory_format=torch.channels_last)
+    return on
+
+
+def as_layout(x: torch.Tensor, on: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if on and x.ndim == 4 else x
