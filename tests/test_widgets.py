@@ -230,8 +230,11 @@ def test_settings_become_config(make_napari_viewer):
     masks.kind.setCurrentIndex(masks.kind.findData("mirror"))
     masks.angle.setValue(30.0)
     masks.guard.setValue(2.0)
+    assert masks.interp.currentData() == "lanczos3"  # the config's default
+    masks.interp.setCurrentIndex(masks.interp.findData("cubic"))
     cfg = masks.to_config()
     assert (cfg.method.symmetry, cfg.method.mirror_angle, cfg.method.center_guard) == ("mirror", 30.0, 2.0)
+    assert cfg.method.partner_interp == "cubic"
 
     predict.tta.setChecked(True)
     predict.tile.setValue(256)

@@ -115,7 +115,9 @@ class MaskWidget(QWidget):
         self.angle = dspin(-360, 360, 0.0, 5.0, 1, "mirror line angle from the x axis towards +y (degrees)")
         f.addRow("symmetry, angle", row(self.kind, self.angle))
         self.guard = dspin(1.0, 1e4, 3.0, 0.5, 1, "pixels around the centre (or line) left out")
-        f.addRow("centre guard (px)", self.guard)
+        self.interp = combo(["lanczos3", "cubic", "linear"], "lanczos3",
+                            "interpolation of the partner image between pixels; lanczos3 keeps sharp rings sharp")
+        f.addRow("centre guard (px), partners", row(self.guard, self.interp))
         self.preview_btn = button("Preview symmetry", self.preview_symmetry,
                                   "partner image, common mask and score for the current frame")
         self.refine_btn = button("Refine centre", self.refine_center, "maximise the symmetry score nearby")
@@ -128,6 +130,7 @@ class MaskWidget(QWidget):
         for w in (self.angle, self.guard):
             w.valueChanged.connect(self._push)
         self.kind.currentIndexChanged.connect(self._push)
+        self.interp.currentIndexChanged.connect(self._push)
         self.state.center_changed.connect(self._on_center)
         self.state.stack_changed.connect(self._on_stack)
         self.state.collect.connect(self.sync_exclusions)
@@ -140,6 +143,7 @@ class MaskWidget(QWidget):
         m.symmetry = str(self.kind.currentData())
         m.mirror_angle = float(self.angle.value())
         m.center_guard = float(self.guard.value())
+        m.partner_interp = str(self.interp.currentData())
         m.center = None if self.state.center is None else [float(c) for c in self.state.center]
         return cfg
 
@@ -151,6 +155,7 @@ class MaskWidget(QWidget):
         set_combo(self.kind, m.symmetry)
         self.angle.setValue(m.mirror_angle)
         self.guard.setValue(m.center_guard)
+        set_combo(self.interp, m.partner_interp)
         if m.poni:
             self.poni.setText(m.poni)
         if m.center is not None:
@@ -373,13 +378,13 @@ class MaskWidget(QWidget):
         """Partner image and common mask of the current frame as layers, and the symmetry score."""
         from napari.utils.notifications import show_warning
 
-        from ..physics.symmetry import common_valid, partner_image, symmetry_score, symmetry_warning
+        from ..physics.symmetry import PartnerOperator, common_valid, symmetry_score, symmetry_warning
 
         self._stack()
         center = self._center()
         kind, angle, guard = str(self.kind.currentData()), float(self.angle.value()), float(self.guard.value())
         c, v, i = self._current_frame()
-        partner, pv = partner_image(c, v, center, kind, angle)
+        partner, pv = PartnerOperator(c.shape, center, kind, angle, str(self.interp.currentData()))(c, v)
         common = common_valid(v, pv, center, guard, kind, angle)
         shown = np.where(pv, partner, np.nan).astype(np.float32)
         off = self._offset()
