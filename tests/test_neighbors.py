@@ -212,14 +212,14 @@ def test_poisson_loss_with_count_constraints():
     assert float(m.loss(out_for(r2), t, w, sc, "mse")) > 0
 
 
-def test_short_training_on_a_scan_beats_raw():
+def _short_training(scan_shape, dose, seed, **cfg_kw):
+    """Train the neighbours method briefly on a synthetic scan; ``(trainer, model, scan, valid, psnr)``."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from napari_xrd_denoise.inference import predict_stack
-    from napari_xrd_denoise.training import Trainer
     from napari_xrd_denoise.synthetic import make_scan
+    from napari_xrd_denoise.training import Trainer
 
-    scan = make_scan((6, 6), (64, 64), dose="low", seed=5)
+    scan = make_scan(scan_shape, (64, 64), dose=dose, seed=seed)
     stack = scan.to_stack()
     valid = stack.valid(scan.counts)
     truth = scan.truth
@@ -228,51 +228,34 @@ def test_short_training_on_a_scan_beats_raw():
         e = np.sqrt(np.maximum(x[valid], 0)) - np.sqrt(truth[valid])
         return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
 
-    cfg = Config().replace(
-        method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48, width=12,
-        depth=2, lr=3e-3, warmup_epochs=1, val_fraction=0.1, patience=0, seed=1, threads=1,
-    )
+    cfg = Config().replace(method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48,
+                           width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1, threads=1, **cfg_kw)
     tr = Trainer(cfg, stack)
-    model = tr.run()
-    assert tr.history["loss_space"] == ["mse", "poisson", "poisson", "poisson"]
-    assert model.config.method.loss == "poisson"
+    return tr, tr.run(), scan, stack, valid, psnr
+
+
+def _check_denoised(model, scan, stack, valid, psnr):
+    from napari_xrd_denoise.inference import predict_stack
+
     out = predict_stack(model, stack)
     assert out.shape == stack.shape
     assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
     assert psnr(out) > psnr(scan.counts.astype(float)) + 6.0
     # counts are kept: the total over valid pixels within 5 %
-    assert abs(np.nansum(out[valid]) / truth[valid].sum() - 1.0) < 0.05
+    assert abs(np.nansum(out[valid]) / scan.truth[valid].sum() - 1.0) < 0.05
+
+
+def test_short_training_on_a_scan_beats_raw():
+    tr, model, scan, stack, valid, psnr = _short_training((6, 6), "low", 5, warmup_epochs=1)
+    assert tr.history["loss_space"] == ["mse", "poisson", "poisson", "poisson"]
+    assert model.config.method.loss == "poisson"
+    _check_denoised(model, scan, stack, valid, psnr)
 
 
 def test_short_training_with_the_split_centre_beats_raw_and_keeps_counts():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from napari_xrd_denoise.inference import predict_stack
-    from napari_xrd_denoise.training import Trainer
-    from napari_xrd_denoise.synthetic import make_scan
-
-    scan = make_scan((5, 5), (64, 64), dose="mid", seed=6)
-    stack = scan.to_stack()
-    valid = stack.valid(scan.counts)
-    truth = scan.truth
-
-    def psnr(x):
-        e = np.sqrt(np.maximum(x[valid], 0)) - np.sqrt(truth[valid])
-        return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
-
-    cfg = Config().replace(
-        method__name="neighbors", combine_split=True, neighbors=4, epochs=4, steps_per_epoch=20,
-        train__batch_size=4, patch_size=48, width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1,
-        threads=1,
-    )
-    tr = Trainer(cfg, stack)
-    model = tr.run()
+    tr, model, scan, stack, valid, psnr = _short_training((5, 5), "mid", 6, combine_split=True, neighbors=4)
     assert tr.history["loss_space"] == ["poisson"] * 4
-    out = predict_stack(model, stack)
-    assert out.shape == stack.shape
-    assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
-    assert psnr(out) > psnr(scan.counts.astype(float)) + 6.0
-    assert abs(np.nansum(out[valid]) / truth[valid].sum() - 1.0) < 0.05
+    _check_denoised(model, scan, stack, valid, psnr)
 
 
 # --------------------------------------------------------------------------------------------------

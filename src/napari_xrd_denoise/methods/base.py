@@ -581,6 +581,21 @@ class Method:
             return run(x)
         return flip_tta(run, x, self.ndim)
 
+    def averaged_passes(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig, n: int,
+                        net_input: Callable[[int], np.ndarray]) -> np.ndarray:
+        """Counts averaged over ``n`` inference passes: pass ``k`` feeds ``net_input(k)`` in orientation
+        :func:`pass_orientation` ``(k)`` (all orientations with ``infer.tta``), NaN where invalid."""
+        acc = None
+        for k in range(n):
+            x = net_input(k)
+            if infer.tta:
+                y = flip_tta(run, x, self.ndim)
+            else:
+                y = oriented_run(run, x, self.ndim, pass_orientation(k, self.ndim))
+            c = self.to_counts(y, batch["valid"]).astype(np.float64)
+            acc = c if acc is None else acc + c
+        return (acc / n).astype(np.float32)
+
     def to_counts(self, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Network scale -> counts (float32, >= 0), NaN where invalid."""
         if self.loss_space(None) == "poisson":

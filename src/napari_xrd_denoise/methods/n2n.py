@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics.binomial import split
-from .base import FrameSource, Method, Sample, flip_tta, oriented_run, pass_orientation
+from .base import FrameSource, Method, Sample
 
 MAX_OTHERS = 8  # realisations used as context for one target frame
 
@@ -111,8 +111,8 @@ class Noise2NoiseSplit(Method):
         return np.stack([self.norm.to_net(h[0], v) for h, v in zip(halves, batch["valid"])])[:, None]
 
     def passes(self, infer) -> int:
-        """Passes at inference: ``infer.split_passes`` when the configuration has it, else 2 (one
-        complementary pair); 0 means one plain pass on the full frame (biased at a few counts per pixel)."""
+        """Passes at inference: ``infer.split_passes`` when the configuration has it, else 4 (two
+        complementary pairs); 0 means one plain pass on the full frame (biased at a few counts per pixel)."""
         v = getattr(infer, "split_passes", None)
         return self.SPLIT_PASSES if v is None else max(0, int(v))
 
@@ -120,16 +120,7 @@ class Noise2NoiseSplit(Method):
         n = self.passes(infer)
         if n == 0:
             return super().denoise(run, batch, infer)
-        acc = None
-        for k in range(n):
-            x = self.split_inputs(batch, k)
-            if infer.tta:
-                y = flip_tta(run, x, self.ndim)
-            else:
-                y = oriented_run(run, x, self.ndim, pass_orientation(k, self.ndim))
-            c = self.to_counts(y, batch["valid"]).astype(np.float64)
-            acc = c if acc is None else acc + c
-        return (acc / n).astype(np.float32)
+        return self.averaged_passes(run, batch, infer, n, lambda k: self.split_inputs(batch, k))
 
 
 class Noise2NoiseFrames(Method):

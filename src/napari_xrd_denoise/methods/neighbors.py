@@ -44,8 +44,7 @@ from ..config import InferConfig
 from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics.neighbors import neighbor_indices
-from .base import (FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, oriented_run, pass_orientation,
-                   replace_hidden)
+from .base import FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
 from .symmetry import LoadCache
 
 MEAN_WEIGHT = 0.02
@@ -256,17 +255,12 @@ class NeighborScan(Method):
 
         ctx = self.norm.to_net(batch["context"], batch["context_valid"])
         n = max(1, int(getattr(infer, "split_passes", 4) or 4))
-        acc = None
-        for k in range(n):
+
+        def net_input(k: int) -> np.ndarray:
             half = split_halves(batch["counts"], batch["valid"], self.p, k, complementary=True)
-            x = np.concatenate([ctx, self.norm.to_net(half, batch["valid"][:, None])], axis=1).astype(np.float32)
-            if infer.tta:
-                y = flip_tta(run, x, self.ndim)
-            else:
-                y = oriented_run(run, x, self.ndim, pass_orientation(k, self.ndim))
-            c = self.to_counts(y, batch["valid"]).astype(np.float64)
-            acc = c if acc is None else acc + c
-        return (acc / n).astype(np.float32)
+            return np.concatenate([ctx, self.norm.to_net(half, batch["valid"][:, None])], axis=1).astype(np.float32)
+
+        return self.averaged_passes(run, batch, infer, n, net_input)
 
     def predict(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
         if not (self.mc.combine_n2s and infer.j_invariant):
