@@ -18,6 +18,7 @@ could not be measured is reported as such, and every goal states whether the mea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -239,6 +240,18 @@ def _threads() -> int:
     return default_threads()
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Package notes silenced: the per-run notes (e.g. the flux correction) would repeat for every run."""
+    lg = logging.getLogger("napari_xrd_denoise")
+    level = lg.level
+    lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
 def train_predict(method: str, stack, budget_s: float, device: str, st: Settings, **cfg_extra) -> Result:
     """Train ``method`` on ``stack`` for at most ``budget_s`` seconds and denoise the whole stack."""
     import torch
@@ -256,14 +269,8 @@ def train_predict(method: str, stack, budget_s: float, device: str, st: Settings
     model = Trainer(cfg, stack).run()
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lg = logging.getLogger("napari_xrd_denoise")
-    level = lg.level
-    lg.setLevel(logging.WARNING)  # the per-run notes (e.g. the flux correction) would repeat for every method
-    try:
-        with torch.inference_mode():
-            out = predict_stack(model, stack)
-    finally:
-        lg.setLevel(level)
+    with _quiet(), torch.inference_mode():
+        out = predict_stack(model, stack)
     pred_s = time.perf_counter() - t0
     n = len(model.history.get("train_loss", []))
     return Result(method, np.asarray(out, dtype=np.float32).reshape((-1,) + stack.frame_shape), train_s, pred_s,
@@ -787,7 +794,7 @@ def _speed_device(device: str, st: Settings, progress, peer: bool) -> dict[str, 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with _quiet(), torch.inference_mode():
             predict_stack(model, stack, device=device)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
