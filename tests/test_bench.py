@@ -100,6 +100,25 @@ def test_goal_verdicts_follow_the_numbers():
     assert g["default method >= BM3D-Anscombe + 1 dB (thinned real LaB6, PSNR sqrt vs the mean, est.)"] == "NOT MET"
     assert g["azimuthal profile error <= raw (thinned real LaB6, default method)"] == "NOT MET"
     assert any(v.startswith("n/a") for v in g.values())  # unmeasured goals are not claimed
+    # synthetic suites: every dose must clear BM3D + 1 dB and the oracle Gaussian, and keep the profile
+    def synth(key, d, b, gauss, prof, raw_prof):
+        s = bench.Suite(key, "t", "d")
+        s.rows = [dict(ok=True, fills_invalid=False, **r) for r in (
+            {"method": "n2n-split (default)", "psnr_sqrt": d, "profile_err": prof},
+            {"method": "BM3D-Anscombe", "psnr_sqrt": b, "profile_err": 0.2},
+            {"method": "gaussian (oracle sigma)", "psnr_sqrt": gauss, "profile_err": 0.2},
+            {"method": "raw", "psnr_sqrt": 20.0, "profile_err": raw_prof})]
+        return s
+
+    name = "default method >= BM3D-Anscombe + 1 dB and > the oracle Gaussian (synthetic suites, PSNR sqrt vs truth)"
+    prof = "azimuthal profile error <= raw (synthetic suites, default method)"
+    ok = {"synthetic-low": synth("synthetic-low", 33.0, 31.0, 29.0, 0.09, 0.1),
+          "synthetic-high": synth("synthetic-high", 48.0, 46.5, 40.0, 0.008, 0.008)}
+    g = {k: v for k, _, v in bench.goals(ok, [])}
+    assert g[name] == "MET" and g[prof] == "MET"
+    one_short = dict(ok, **{"synthetic-high": synth("synthetic-high", 47.0, 46.5, 40.0, 0.009, 0.008)})
+    g = {k: v for k, _, v in bench.goals(one_short, [])}
+    assert g[name] == "NOT MET" and g[prof] == "NOT MET"
     speed = [{"device": "cpu", "frame": 512, "infer_fps": 3.0, "peer_infer_fps": 2.0}]
     g = {k: v for k, _, v in bench.goals({}, speed)}
     assert g["inference >= 2x careamics frames/s (cpu, 512x512)"] == "NOT MET"

@@ -978,6 +978,23 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
         ok = d["profile_err"] <= raw["profile_err"]
         out.append(("azimuthal profile error <= raw (thinned real LaB6, default method)",
                     f"{_fmt(d['profile_err'], 4)} vs raw {_fmt(raw['profile_err'], 4)}", verdict(ok)))
+    synth = [(k, v) for k, v in suites.items() if k.startswith("synthetic-")]
+    checks = []
+    for k, s in synth:
+        sd, sb, sg, sr = _default_row(s), _row(s, "BM3D-Anscombe"), _row(s, "gaussian (oracle sigma)"), _row(s, "raw")
+        if sd and sb and sg and sr:
+            checks.append((k.split("-", 1)[1], sd, sb, sg, sr))
+    if checks:
+        out.append(("default method >= BM3D-Anscombe + 1 dB and > the oracle Gaussian (synthetic suites, PSNR sqrt vs truth)",
+                    "; ".join(f"{dose}: {_fmt(sd['psnr_sqrt'])} vs {_fmt(sb['psnr_sqrt'])} "
+                              f"({sd['psnr_sqrt'] - sb['psnr_sqrt']:+.2f} dB), Gaussian {_fmt(sg['psnr_sqrt'])}"
+                              for dose, sd, sb, sg, _ in checks),
+                    verdict(all(sd["psnr_sqrt"] - sb["psnr_sqrt"] >= 1.0 and sd["psnr_sqrt"] > sg["psnr_sqrt"]
+                                for _, sd, sb, sg, _ in checks))))
+        out.append(("azimuthal profile error <= raw (synthetic suites, default method)",
+                    "; ".join(f"{dose}: {_fmt(sd['profile_err'], 4)} vs raw {_fmt(sr['profile_err'], 4)}"
+                              for dose, sd, _, _, sr in checks),
+                    verdict(all(sd["profile_err"] <= sr["profile_err"] for _, sd, _, _, sr in checks))))
     cpu = speed[0] if speed else None
     for sp in speed:
         if "peer_infer_fps" in sp:
