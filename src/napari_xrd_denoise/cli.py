@@ -137,10 +137,10 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-preserve-profile", dest="preserve_profile", action="store_const", const=False,
                    help="no flux correction along the rings, even when the rings are known")
     g.add_argument("--profile-window", type=int,
-                   help="ring bins (about 1 px each) per flux-correction window (default 9; 1 = exact raw profile)")
+                   help="ring bins (about 1 px each) per flux-correction window (default 5; 1 = exact raw profile)")
     g.add_argument("--split-passes", type=int,
-                   help="n2n-split: passes averaged per frame, complementary halves (default 2; 0 = one "
-                        "full-frame pass, biased at a few counts per pixel)")
+                   help="n2n-split: passes averaged per frame, complementary halves, each in another orientation "
+                        "(default 4; 0 = one full-frame pass, biased at a few counts per pixel)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,7 +123,7 @@ class InferConfig:
     # local flux correction along the rings: None = auto (on when the rings are known: --poni, --center, a
     # drawn centre or the file's own centre), True = required (error without), False = off
     preserve_profile: bool | None = None
-    profile_window: int = 9  # ring bins (about 1 px each) per flux-correction window; 1 = exact raw profile
+    profile_window: int = 5  # ring bins (about 1 px each) per flux-correction window; 1 = exact raw profile (docs/methods.md)
 
 
 @dataclass
