@@ -32,25 +32,15 @@ def _fmt(x, nd):
 
 
 def synthetic(dose: str, budget: float) -> None:
-    from napari_xrd_denoise.physics.geometry import make_integrator
-    from napari_xrd_denoise.synthetic import make_scan
-
     st = bench.settings_for(False)
-    sc = make_scan(st.synth_scan, st.synth_frame, dose=dose, seed=1)
-    stack = sc.to_stack()
-    n = stack.n_frames
-    truth = sc.truth.reshape((n,) + sc.frame_shape).astype(np.float64)
-    valid = np.broadcast_to(sc.valid, truth.shape).copy()
-    counts, _ = stack.counts(np.asarray(sc.counts).reshape(truth.shape))
-    prof = bench.Profiler([make_integrator(sc.geometry())])
-    prof.npt = int(max(64, min(st.synth_frame) // 2))
+    sc, stack, truth, valid, counts, prof = bench.synthetic_data(st, dose)
     cfg = Config().replace(method__name="n2n-split", epochs=100000, steps_per_epoch=st.steps_per_epoch,
                            max_minutes=budget / 60.0, patience=0, device="cpu", threads=bench._threads(),
                            train__batch_size=8, patch_size=st.patch, seed=0, preview_every=0)
     model = Trainer(cfg, stack).run()
     print(f"synthetic '{dose}' (4x4 of 192x192, {budget:g} s of training): raw PSNR "
-          f"{bench.psnr(counts.astype(float), truth, valid):.2f} dB, profile error "
-          f"{bench.profile_metrics(prof, counts.astype(float), truth, valid)[0]:.4f}")
+          f"{bench.psnr(counts, truth, valid):.2f} dB, profile error "
+          f"{bench.profile_metrics(prof, counts, truth, valid)[0]:.4f}")
     for pp, w in [(False, None)] + [(True, w) for w in WINDOWS]:
         model.config.infer.preserve_profile = pp
         if w is not None:
@@ -63,33 +53,19 @@ def synthetic(dose: str, budget: float) -> None:
 
 
 def lab6(budget: float) -> None:
-    from napari_xrd_denoise.io.stack import ScanStack
-    from napari_xrd_denoise.physics.geometry import lab6_integrator, preserve_profile, ring_bins
-
     st = bench.settings_for(False)
-    got = bench._lab6(st)
-    if got is None:
+    d = bench.lab6_data(st)
+    if d is None:
         print("real LaB6 frames not found: skipped")
         return
-    _, full, fvalid, tth = got
-    sentinel = np.iinfo(np.uint32).max
-    valid = fvalid[None] & (full != sentinel)
-    a, ref, var_ref = bench.thinned(full.astype(np.int64), valid, bench.THIN_P, seed=2)
-    stack = ScanStack.from_array(np.where(valid, a, sentinel).astype(np.uint32), frame_ndim=2,
-                                 source="LaB6 thinned", static_valid=valid.all(0))
-    prof = bench.Profiler([lab6_integrator(float(t)) for t in tth], embed=lambda x: x)
-    prof.npt = 400
-    r = bench.train_predict("n2n-split", stack, budget, "cpu", st)
-    results = [bench.Result("raw", a.astype(np.float32)), bench.Result("no correction", r.den.reshape(a.shape))]
+    r = bench.train_predict("n2n-split", d.stack, budget, "cpu", st)
+    den = r.den.reshape(d.a.shape)
+    results = [bench.Result("raw", d.a.astype(np.float32)), bench.Result("no correction", den)]
     for w in WINDOWS:
-        d = r.den.reshape(a.shape).copy()
-        for i in range(d.shape[0]):
-            tth_map = np.asarray(prof.integrators[i].array_from_unit(shape=tuple(full.shape[-2:]), typ="center",
-                                                                     unit="2th_deg"))
-            d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map), window=w)
-        results.append(bench.Result(f"window {w}", d))
-    rows = bench._score_rows(results, ref, valid, prof)
-    rows.append(bench._ideal_row(ref, var_ref, valid))
+        results.append(bench.Result(f"window {w}", bench.flux_corrected(den, d.a, d.valid, d.full_shape, d.cols,
+                                                                        d.prof.integrators, w)))
+    rows = bench._score_rows(results, d.ref, d.valid, d.prof)
+    rows.append(bench._ideal_row(d.ref, d.var_ref, d.valid))
     bench._add_mean_corrected(rows)
     print(f"real LaB6, 8 frames thinned to 5 % ({budget:g} s of training); PSNR against the held-out counts / "
           "against the mean (est.)")

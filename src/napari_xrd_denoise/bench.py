@@ -431,22 +431,28 @@ def _project_results(stack, methods: list[str], budget: float, device: str, st: 
     return res
 
 
-def synthetic_suite(st: Settings, device: str, progress) -> list[Suite]:
+def synthetic_data(st: Settings, dose: str):
+    """The synthetic suite's data for one dose: ``(scan, stack, truth, valid, counts, profiler)``, frames
+    flattened to ``(n, *frame)``, counts as float64 with invalid pixels 0."""
     from .physics.geometry import make_integrator
     from .synthetic import make_scan
 
+    sc = make_scan(st.synth_scan, st.synth_frame, dose=dose, seed=1)
+    stack = sc.to_stack()
+    n = stack.n_frames
+    truth = sc.truth.reshape((n,) + sc.frame_shape).astype(np.float64)
+    valid = np.broadcast_to(sc.valid, truth.shape).copy()
+    counts, _ = stack.counts(np.asarray(sc.counts).reshape(truth.shape))
+    prof = Profiler([make_integrator(sc.geometry())])
+    prof.npt = int(max(64, min(st.synth_frame) // 2))
+    return sc, stack, truth, valid, counts.astype(np.float64), prof
+
+
+def synthetic_suite(st: Settings, device: str, progress) -> list[Suite]:
     suites = []
     for dose in st.doses:
         progress(f"synthetic scan, dose {dose}")
-        sc = make_scan(st.synth_scan, st.synth_frame, dose=dose, seed=1)
-        stack = sc.to_stack()
-        n = stack.n_frames
-        truth = sc.truth.reshape((n,) + sc.frame_shape).astype(np.float64)
-        valid = np.broadcast_to(sc.valid, truth.shape).copy()
-        counts, _ = stack.counts(np.asarray(sc.counts).reshape(truth.shape))
-        counts = counts.astype(np.float64)
-        prof = Profiler([make_integrator(sc.geometry())])
-        prof.npt = int(max(64, min(st.synth_frame) // 2))
+        sc, stack, truth, valid, counts, prof = synthetic_data(st, dose)
         results = _project_results(stack, _methods_for(stack, True, len(st.synth_scan) == 2), st.budget_s, device,
                                    st, progress, center=sc.center)
         progress("  baselines")
@@ -490,15 +496,29 @@ def thinned(full: np.ndarray, valid: np.ndarray, p: float, seed: int):
     return a.astype(np.float64), ref.astype(np.float64), var_ref
 
 
-def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
+@dataclass
+class Lab6Data:
+    """The thinned real LaB6 suite's data (``st.real_cols`` crop), as :func:`lab6_data` makes it."""
+    full_shape: tuple[int, int]  # the detector frame
+    cols: tuple[int, int]  # the columns used
+    tth: np.ndarray  # 2theta of each frame (deg)
+    a: np.ndarray  # thinned input counts (float64)
+    ref: np.ndarray  # independent reference
+    var_ref: np.ndarray  # its noise variance estimate
+    valid: np.ndarray
+    stack: Any  # ScanStack of the thinned input
+    prof: Profiler  # each frame's own goniometer geometry
+
+
+def lab6_data(st: Settings) -> Lab6Data | None:
+    """The real LaB6 frames of ``st``, thinned to ``THIN_P``, with their reference and profiler; None if absent."""
     from .io.stack import ScanStack
     from .physics.geometry import lab6_integrator
 
     got = _lab6(st)
     if got is None:
-        progress("real LaB6 frames not found: suite skipped")
         return None
-    path, full, fvalid, tth = got
+    _, full, fvalid, tth = got
     sentinel = np.iinfo(np.uint32).max
     fvalid = fvalid[None] & (full != sentinel)
     if st.real_cols is not None:
@@ -507,7 +527,6 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
     else:
         c0, c1 = 0, full.shape[-1]
         full_c, valid = full, fvalid
-    progress(f"real LaB6 frames {list(st.real_frames)} thinned to {THIN_P:.0%}")
     a, ref, var_ref = thinned(full_c.astype(np.int64), valid, THIN_P, seed=2)
     raw_u = np.where(valid, a, sentinel).astype(np.uint32)
     stack = ScanStack.from_array(raw_u, frame_ndim=2, source="LaB6 thinned", static_valid=valid.all(0))
@@ -520,8 +539,19 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
 
     prof = Profiler([lab6_integrator(float(t)) for t in tth], embed=embed)
     prof.npt = 400 if st.real_cols is None else 150
+    return Lab6Data((H, W), (c0, c1), np.asarray(tth), a, ref, var_ref, valid, stack, prof)
+
+
+def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
+    d = lab6_data(st)
+    if d is None:
+        progress("real LaB6 frames not found: suite skipped")
+        return None
+    a, ref, var_ref, valid, stack, prof, tth = d.a, d.ref, d.var_ref, d.valid, d.stack, d.prof, d.tth
+    (c0, c1) = d.cols
+    progress(f"real LaB6 frames {list(st.real_frames)} thinned to {THIN_P:.0%}")
     results = _project_results(stack, _methods_for(stack, False, False), st.real_budget_s, device, st, progress)
-    results += _preserved_profile_rows(results, a, valid, full.shape[-2:], (c0, c1), prof.integrators)
+    results += _preserved_profile_rows(results, a, valid, d.full_shape, d.cols, prof.integrators)
     progress("  baselines")
     results += run_baselines(a, valid, ref, bm3d=st.name != "tiny")
     if st.peer:
@@ -544,6 +574,20 @@ def real_lab6_suite(st: Settings, device: str, progress) -> Suite | None:
     return s
 
 
+def flux_corrected(den: np.ndarray, a: np.ndarray, valid: np.ndarray, full_shape, cols, integrators,
+                   window: int) -> np.ndarray:
+    """``den`` (a copy) with the flux correction along the rings to the counts ``a``, frame by frame, with
+    each frame's own geometry (``integrators``; columns ``cols`` of frames of ``full_shape``)."""
+    from .physics.geometry import preserve_profile, ring_bins
+
+    d = np.array(den, copy=True)
+    for i in range(d.shape[0]):
+        ai = integrators[min(i, len(integrators) - 1)]
+        tth_map = np.asarray(ai.array_from_unit(shape=tuple(full_shape), typ="center", unit="2th_deg"))[:, cols[0]:cols[1]]
+        d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map), window=window)
+    return d
+
+
 def _preserved_profile_rows(results: list[Result], a: np.ndarray, valid: np.ndarray, full_shape, cols,
                             integrators) -> list[Result]:
     """The default method's output with the flux correction along the rings that ``denoise`` applies by
@@ -551,18 +595,13 @@ def _preserved_profile_rows(results: list[Result], a: np.ndarray, valid: np.ndar
     ``infer.profile_window``), using each frame's own goniometer geometry. It becomes the default row;
     the uncorrected output stays as the default without a geometry."""
     from .config import InferConfig
-    from .physics.geometry import preserve_profile, ring_bins
 
     r0 = next((r for r in results if r.default and r.den is not None), None)
     if r0 is None:
         return []
     window = InferConfig().profile_window
     t0 = time.perf_counter()
-    d = r0.den.reshape(a.shape).copy()
-    for i in range(d.shape[0]):
-        ai = integrators[min(i, len(integrators) - 1)]
-        tth_map = np.asarray(ai.array_from_unit(shape=tuple(full_shape), typ="center", unit="2th_deg"))[:, cols[0]:cols[1]]
-        d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map), window=window)
+    d = flux_corrected(r0.den.reshape(a.shape), a, valid, full_shape, cols, integrators, window)
     r0.default = False
     r0.note = (r0.note + "; " if r0.note else "") + "the default without a geometry or centre"
     out = Result(f"{r0.name} + flux correction along the rings", d, r0.train_s,

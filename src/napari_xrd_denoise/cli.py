@@ -130,7 +130,7 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile", type=int, help="tile size for large frames")
     g.add_argument("--infer-batch", type=int, help="frames per inference batch")
     g.add_argument("--j-invariant", action="store_const", const=True, help="J-invariant Noise2Self inference")
-    g.add_argument("--tta", action="store_const", const=True, help="flip test-time augmentation")
+    g.add_argument("--tta", action="store_const", const=True, help="test-time augmentation: average over the 8 rotations/reflections of the frame")
     g.add_argument("--preserve-profile", action="store_const", const=True,
                    help="correct the result's flux along the rings to the counts' (needs --poni or a centre; "
                         "default: on when the rings are known: --poni, --center or the file's own centre)")

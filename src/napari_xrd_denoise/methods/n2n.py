@@ -29,6 +29,13 @@ def split_halves(counts: np.ndarray, valid: np.ndarray, p: float, k: int, comple
     return np.stack(xs)[:, None]
 
 
+def split_passes(infer) -> int:
+    """Split passes at inference: ``infer.split_passes`` when the configuration has it (``infer`` may be
+    None), else :attr:`Noise2NoiseSplit.SPLIT_PASSES`; 0 means one plain pass on the full frame."""
+    v = getattr(infer, "split_passes", None)
+    return Noise2NoiseSplit.SPLIT_PASSES if v is None else max(0, int(v))
+
+
 class Noise2NoiseSplit(Method):
     """Noise2Noise from one acquisition by binomial splitting.
 
@@ -108,13 +115,12 @@ class Noise2NoiseSplit(Method):
         its kept half for even ``k`` and the complement for odd ``k`` (independent splits when the
         complement is not a training input)."""
         halves = split_halves(batch["counts"], batch["valid"], self.p, k, self.complementary())
-        return np.stack([self.norm.to_net(h[0], v) for h, v in zip(halves, batch["valid"])])[:, None]
+        return self.norm.to_net(halves[:, 0], batch["valid"])[:, None]
 
     def passes(self, infer) -> int:
         """Passes at inference: ``infer.split_passes`` when the configuration has it, else 4 (two
         complementary pairs); 0 means one plain pass on the full frame (biased at a few counts per pixel)."""
-        v = getattr(infer, "split_passes", None)
-        return self.SPLIT_PASSES if v is None else max(0, int(v))
+        return split_passes(infer)
 
     def denoise(self, run, batch, infer) -> np.ndarray:
         n = self.passes(infer)

@@ -122,7 +122,7 @@ class SymmetryN2N(Method):
 
     def operator(self, frame_shape: tuple[int, int]) -> sym.PartnerOperator:
         c = self.center(frame_shape)
-        interp = str(getattr(self.mc, "partner_interp", "linear"))
+        interp = str(self.mc.partner_interp)
         key = (tuple(frame_shape), c, self.kind, self.angle, interp)
         op = self._ops.get(key)
         if op is None:

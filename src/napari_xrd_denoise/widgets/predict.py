@@ -122,7 +122,7 @@ class PredictWidget(QWidget):
         self.overlap = spin(0, 4096, 32, 4, "tile overlap (blended)")
         f.addRow("tile, overlap", row(self.tile, self.overlap))
         self.j_inv = QCheckBox("J-invariant (n2s: sum over mask phases; slower)")
-        self.tta = QCheckBox("flip test-time augmentation")
+        self.tta = QCheckBox("test-time augmentation (8 rotations/reflections)")
         self.flux = QCheckBox("flux correction along the rings (with a beam centre or PONI)")
         self.flux.setChecked(True)
         self.flux.setToolTip(f"Scale the result so that, over windows of {InferConfig().profile_window} one-pixel "
