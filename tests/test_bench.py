@@ -124,6 +124,28 @@ def test_goal_verdicts_follow_the_numbers():
     assert g["inference >= 2x careamics frames/s (cpu, 512x512)"] == "NOT MET"
 
 
+def test_physics_method_goals_need_every_dose():
+    def suite(key, sym, sym_prof):
+        s = bench.Suite(key, "t", "d")
+        s.rows = [dict(ok=True, fills_invalid=False, **r) for r in (
+            {"method": "symmetry", "psnr_sqrt": sym, "profile_err": sym_prof},
+            {"method": "n2s", "psnr_sqrt": 30.0, "profile_err": 0.1},
+            {"method": "BM3D-Anscombe", "psnr_sqrt": 31.0, "profile_err": 0.2},
+            {"method": "raw", "psnr_sqrt": 20.0, "profile_err": 0.1})]
+        return s
+
+    name = "symmetry >= BM3D-Anscombe + 1 dB, profile error <= raw (synthetic suites, PSNR sqrt vs truth)"
+    g = {k: v for k, _, v in bench.goals({"synthetic-low": suite("synthetic-low", 32.5, 0.09),
+                                          "synthetic-mid": suite("synthetic-mid", 32.0, 0.1)}, [])}
+    assert g[name] == "MET"
+    assert g["symmetry beats Noise2Self on a beam-centred powder pattern with gaps, fills nothing in the gaps"] == "MET"
+    for bad in (suite("synthetic-mid", 31.9, 0.1), suite("synthetic-mid", 32.5, 0.11)):
+        g = {k: v for k, _, v in bench.goals({"synthetic-low": suite("synthetic-low", 32.5, 0.09),
+                                              "synthetic-mid": bad}, [])}
+        assert g[name] == "NOT MET"
+    assert not any(k.startswith("neighbors >=") for k in g)  # no neighbour rows: not claimed
+
+
 def _table(md: str, heading: str) -> list[list[str]]:
     part = md.split(heading, 1)[1]
     lines = [ln for ln in part.splitlines() if ln.startswith("|")]

@@ -83,3 +83,20 @@ def test_bad_arch_and_ndim():
         UNet(3)
     with pytest.raises(ValueError):
         DnCNN(2, layers=1)
+
+
+@pytest.mark.parametrize("arch", ["unet", "dncnn"])
+def test_residual_channel_is_what_an_untrained_network_returns(arch):
+    from napari_xrd_denoise.config import ModelConfig
+    from napari_xrd_denoise.models import build_model
+
+    x = torch.randn(2, 3, 20, 24)
+    for ch, want in [(None, x.mean(dim=1)), (0, x[:, 0]), (2, x[:, 2]), (-1, x[:, 2])]:
+        net = build_model(ModelConfig(arch=arch, depth=2, width=4, residual_channel=ch), 2, in_channels=3)
+        if arch == "dncnn":
+            torch.nn.init.zeros_(net.body[-1].weight)
+        with torch.no_grad():
+            y = net(x)
+        torch.testing.assert_close(y[:, 0], want)  # the last layer starts at zero: output = the residual base
+    with pytest.raises(ValueError, match="residual_channel 3"):
+        build_model(ModelConfig(arch=arch, residual_channel=3), 2, in_channels=3)

@@ -82,6 +82,8 @@ def _method(**kw):
     from napari_xrd_denoise.methods.neighbors import METHOD, NeighborScan
 
     assert METHOD is NeighborScan
+    if "combine_split" not in kw:
+        kw["method__combine_split"] = False  # the plain (founding) mode unless a test asks
     cfg = Config().replace(method__name="neighbors", **kw)
     return NeighborScan(cfg, frame_ndim=2, norm=Normalizer(mean=3.0, std=2.0))
 
@@ -228,6 +230,7 @@ def _short_training(scan_shape, dose, seed, **cfg_kw):
         e = np.sqrt(np.maximum(x[valid], 0)) - np.sqrt(truth[valid])
         return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
 
+    cfg_kw.setdefault("combine_split", False)  # the plain blind-spot mode unless a test asks
     cfg = Config().replace(method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48,
                            width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1, threads=1, **cfg_kw)
     tr = Trainer(cfg, stack)
@@ -381,3 +384,22 @@ def test_saved_models_of_both_physics_methods_reload_and_predict_the_same(tmp_pa
         back = DenoiserModel.load(path, device="cpu")
         assert back.config.method == model.config.method
         np.testing.assert_array_equal(predict_stack(back, stack), a)
+
+
+def test_combine_split_is_the_default_for_counts_but_not_with_refinement():
+    ints = ScanStack.from_array(np.random.default_rng(3).poisson(3.0, (3, 4, 16, 16)).astype(np.uint16))
+    from napari_xrd_denoise.methods.neighbors import NeighborScan
+
+    def method(**kw):
+        return NeighborScan(Config().replace(method__name="neighbors", **kw), frame_ndim=2,
+                            norm=Normalizer(mean=3.0, std=2.0))
+
+    m = method()
+    m.check(ints)
+    assert m.mc.combine_split is True and m.in_channels == 9
+    assert m.residual_channel == 8  # the residual adds to the centre frame's half, not the neighbours' mean
+    m = method(cycles=3)
+    m.check(ints)
+    assert m.mc.combine_split is False and m.in_channels == 8 and m.residual_channel is None
+    with pytest.raises(XRDError, match="method.cycles"):
+        method(cycles=3, combine_split=True).check(ints)

@@ -240,6 +240,8 @@ def _method(center, **kw):
     from napari_xrd_denoise.methods.symmetry import METHOD, SymmetryN2N
 
     assert METHOD is SymmetryN2N
+    if "combine_split" not in kw:
+        kw["method__combine_split"] = False  # the plain (founding) mode unless a test asks
     cfg = Config().replace(method__name="symmetry", center=list(center), **kw)
     return SymmetryN2N(cfg, frame_ndim=2, norm=Normalizer(mean=2.0, std=1.5))
 
@@ -335,7 +337,8 @@ def test_low_symmetry_gives_a_warning_message():
     assert m2.score > 0.9 and m2.messages == []
 
 
-def test_short_symmetry_training_beats_raw_and_leaves_gaps_nan():
+@pytest.mark.parametrize("split", [False, True])
+def test_short_symmetry_training_beats_raw_and_leaves_gaps_nan(split):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from napari_xrd_denoise.inference import predict_stack
@@ -356,10 +359,12 @@ def test_short_symmetry_training_beats_raw_and_leaves_gaps_nan():
     cfg = Config().replace(
         method__name="symmetry", center=list(scan.center), epochs=4, steps_per_epoch=30, train__batch_size=4,
         patch_size=48, width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1, threads=1,
+        combine_split=split,
     )
     tr = Trainer(cfg, stack)
     model = tr.run()
     assert tr.method.score > 0.9
+    assert model.config.method.combine_split is split and model.config.model.in_channels == (3 if split else 1)
     out = predict_stack(model, stack).reshape(64, 64)
     assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
     assert psnr(out) > psnr(raw.astype(float)) + 4.0
@@ -379,3 +384,109 @@ def test_centre_from_a_poni_file(tmp_path):
     m.check(stack)
     np.testing.assert_allclose(m.mc.center, scan.center, atol=1e-6)
     assert m.score > 0.9 and m.messages == []
+
+
+def _split_stack(shape=(44, 48), gap=(30, 32), seed=5, frames=1):
+    counts = np.random.default_rng(seed).poisson(6.0, (frames,) + shape).astype(np.uint32)
+    valid_static = np.ones(shape, bool)
+    valid_static[:, gap[0] : gap[1]] = False
+    return counts, valid_static, ScanStack.from_array(counts, static_valid=valid_static)
+
+
+def test_split_sample_input_holds_one_half_and_its_partner_target_the_other_half():
+    c = (20.5, 23.0)  # exact pixel partners: (41 - y, 46 - x)
+    counts, valid_static, stack = _split_stack()
+    m = _method(c, combine_split=True, center_guard=2.0)
+    m.check(stack)
+    assert m.split and m.in_channels == 3 and m.loss_space(0) == "poisson"
+    src = FrameSource(stack)
+    m.attach(src)
+    shape = counts.shape[1:]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    raw = counts[0].astype(np.float64)
+    inv = lambda z: ((z * 1.5 + 2.0) / 2.0) ** 2 - 0.375  # noqa: E731 - undo the normalised Anscombe
+    rng = np.random.default_rng(0)
+    halves = set()
+    for trial in range(16):
+        arrays = dict(m.load(0, src))
+        arrays["yy"], arrays["xx"] = yy, xx
+        arrays = crop_arrays(arrays, (int(rng.integers(0, 12)), int(rng.integers(0, 16))), (32, 32))
+        arrays = augment_arrays(arrays, 2, int(rng.integers(4)), (bool(rng.integers(2)), bool(rng.integers(2))))
+        y, x = arrays.pop("yy"), arrays.pop("xx")
+        s = m.make_sample(arrays, rng, "poisson")
+        v = valid_static[y, x]
+        assert s.input.shape == (3, 32, 32)
+        np.testing.assert_array_equal(s.weight > 0, v)  # every valid pixel, partner or not
+        p_in = 1.0 - s.scale
+        a = inv(s.input[0]) * p_in  # the input half in counts
+        np.testing.assert_allclose(a[v], np.rint(a[v]), atol=1e-3)
+        np.testing.assert_allclose(a[v] + s.target[v], raw[y, x][v], atol=1e-3)  # halves add up: target = the rest
+        # the partner channel is the *input* half at the partner pixel, never the target half
+        py, px = 41 - y, 46 - x
+        inside = (py >= 0) & (py < shape[0]) & (px >= 0) & (px < shape[1])
+        ok = s.input[2] > 0
+        far = np.hypot(y - 20.5, x - 23.0) > 2.0
+        # usable partner: inside the frame, valid, outside the guard (the pixel's own validity is channel 0's)
+        np.testing.assert_array_equal(ok, inside & valid_static[np.clip(py, 0, 43), np.clip(px, 0, 47)] & far)
+        assert np.all(s.input[1][~ok] == 0.0)
+        full = np.zeros(shape)
+        full[y, x] = a  # this crop's half, placed back in the frame (the partner may lie outside the crop)
+        seen = np.zeros(shape, bool)
+        seen[y, x] = True
+        both = ok & seen[np.clip(py, 0, 43), np.clip(px, 0, 47)]
+        if both.any():
+            partner_counts = inv(s.input[1]) * p_in
+            np.testing.assert_allclose(partner_counts[both], full[py[both], px[both]], atol=1e-3)
+        halves.add(round(float(s.scale), 3))
+    assert halves == {0.5}
+
+
+def test_split_is_the_default_for_counts_and_off_where_it_cannot_work():
+    c = (20.5, 23.0)
+    counts, valid_static, stack = _split_stack()
+    from napari_xrd_denoise.methods.symmetry import SymmetryN2N
+
+    def method(**kw):
+        return SymmetryN2N(Config().replace(method__name="symmetry", center=list(c), **kw), frame_ndim=2)
+
+    m = method()
+    assert m.mc.combine_split is None
+    m.check(stack)
+    assert m.mc.combine_split is True and m.in_channels == 3
+    floats = ScanStack.from_array(counts.astype(np.float32) + 0.25, static_valid=valid_static)
+    m = method()
+    m.check(floats)
+    assert m.mc.combine_split is False and m.in_channels == 1
+    with pytest.raises(XRDError, match="method.combine_split.*integer counts"):
+        method(combine_split=True).check(floats)
+    m = method(combine_n2s=True)
+    m.check(stack)
+    assert m.mc.combine_split is False
+    with pytest.raises(XRDError, match="choose one"):
+        method(combine_n2s=True, combine_split=True).check(stack)
+    with pytest.raises(XRDError, match="Poisson loss"):
+        method(loss="mse", combine_split=True).check(stack)
+
+
+def test_split_inference_uses_every_photon_and_keeps_gaps_nan():
+    c = (20.5, 23.0)
+    counts, valid_static, stack = _split_stack(frames=2)
+    m = _method(c, combine_split=True, center_guard=1.0)
+    m.check(stack)
+    batch = {"counts": counts.astype(np.float32), "valid": np.broadcast_to(valid_static, counts.shape)}
+    half_back = lambda x: x[:, 0]  # noqa: E731 - the "network" returns its half channel
+    infer = Config().infer
+    out = m.denoise(half_back, batch, infer)
+    assert out.shape == counts.shape
+    assert np.isnan(out[:, ~valid_static]).all() and np.isfinite(out[:, valid_static]).all()
+    # the passes feed complementary halves a / p and (n - a) / (1 - p) of seeded splits (as n2n-split)
+    from napari_xrd_denoise.methods.n2n import split_halves, split_passes
+
+    n = split_passes(infer)
+    assert n >= 2
+    want = np.mean([m.to_counts(m.norm.to_net(split_halves(batch["counts"], batch["valid"], m.p, k)[:, 0],
+                                              batch["valid"]), batch["valid"]) for k in range(n)], axis=0)
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+    pair = split_halves(batch["counts"], batch["valid"], m.p, 0) + split_halves(batch["counts"], batch["valid"], m.p, 1)
+    np.testing.assert_allclose(pair[:, 0][batch["valid"]], 2 * counts[batch["valid"]])  # a pair uses every photon
+    np.testing.assert_array_equal(out, m.denoise(half_back, batch, infer))  # seeded: the same every time

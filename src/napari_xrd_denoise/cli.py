@@ -105,7 +105,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--combine-n2s", action="store_const", const=True,
                    help="symmetry/neighbors: also blind-spot mask the input (Noise2Self)")
     g.add_argument("--combine-split", action="store_const", const=True,
-                   help="neighbors: also feed one binomial half of the centre frame, target the other half")
+                   help="symmetry/neighbors: input one binomial half of the frame (with its partner image / the "
+                        "neighbours), target the other half (default: on for integer counts, neighbors with 1 cycle)")
+    g.add_argument("--no-combine-split", dest="combine_split", action="store_const", const=False,
+                   help="symmetry/neighbors: the plain form (partner image / neighbours only as the input)")
     g.add_argument("--neighbors", type=int, choices=(4, 8, 24), help="neighbour frames for the neighbors method")
     g.add_argument("--warmup-epochs", type=int, help="neighbors: MSE epochs before the Poisson loss")
     g.add_argument("--cycles", type=int, help="iterative refinement cycles (neighbors)")

@@ -69,7 +69,9 @@ class MethodConfig:
     mirror_angle: float = 0.0  # degrees, line through the centre
     center_guard: float = 3.0  # pixels around the centre excluded (a pixel is its own partner)
     combine_n2s: bool = False  # also blind-spot mask the input (symmetry / neighbors)
-    combine_split: bool = False  # neighbors: add one binomial half of the centre frame as input, target the other
+    # symmetry / neighbors: a binomial half of the frame as input (with its partner image / the neighbours), the
+    # other half the target; None = auto: on for integer counts (Anscombe, Poisson loss, one neighbour cycle)
+    combine_split: bool | None = None
     symmetrize: bool = False  # symmetry: average the prediction with its partner where both are valid
     partner_interp: str = "lanczos3"  # symmetry: partner interpolation, linear | cubic | lanczos3 (docs/methods.md)
     # neighbour-scan blind spot
@@ -88,6 +90,7 @@ class ModelConfig:
     residual: bool = True
     dncnn_layers: int = 8
     in_channels: int = 1  # set by the method (e.g. 8 for neighbors)
+    residual_channel: int | None = None  # set by the method: residual on this input channel; None = channel mean
 
 
 @dataclass
@@ -213,6 +216,8 @@ class Config:
         _range("infer.chunk_frames", inf.chunk_frames, 1, 1 << 20)
         _range("infer.split_passes", inf.split_passes, 0, 64)
         _range("infer.profile_window", inf.profile_window, 1, 1001)
+        if m.combine_split not in (None, True, False):
+            raise ConfigError(f"method.combine_split={m.combine_split!r} must be true, false or null (auto)")
         if inf.preserve_profile not in (None, True, False):
             raise ConfigError(f"infer.preserve_profile={inf.preserve_profile!r} must be true, false or null (auto)")
         if inf.overlap < 0 or inf.overlap * 2 >= inf.tile:
@@ -273,7 +278,7 @@ def _build(cls, sub: dict[str, Any], section: str):
     return cls(**kwargs)
 
 
-_AUTO_BOOLS = {"infer.preserve_profile"}  # true / false / null (= auto)
+_AUTO_BOOLS = {"infer.preserve_profile", "method.combine_split"}  # true / false / null (= auto)
 
 
 def _coerce(name: str, v: Any, default: Any) -> Any:

@@ -137,6 +137,7 @@ class Trainer:
         self.method.check(stack)
         self.method.attach(self.source, self.ref_source)
         cfg.model.in_channels = int(self.method.in_channels)
+        cfg.model.residual_channel = self.method.residual_channel
         self.residual_note = ""
         if cfg.model.residual and not self.method.allow_residual:
             cfg.model.residual = False

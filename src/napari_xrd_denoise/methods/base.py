@@ -472,6 +472,13 @@ class Method:
         return 1
 
     @property
+    def residual_channel(self) -> int | None:
+        """The input channel a residual network adds its correction to: ``None`` (the mean of the input
+        channels) unless one channel is the pixel's own measurement and the others are context of
+        another kind (a partner image, neighbouring frames)."""
+        return None
+
+    @property
     def allow_residual(self) -> bool:
         """Whether the network may add its input to its output (``model.residual``). Blind-spot methods
         say no: a residual path would copy the noisy pixel itself into a single-pass prediction."""
@@ -526,6 +533,17 @@ class Method:
                 f"method.loss=poisson needs integer counts with data.transform anscombe/gat; {stack.label} "
                 "does not qualify, so the MSE loss is used"
             )
+
+    def resolve_combine_split(self, label: str, problem: str | None) -> bool:
+        """Settle ``method.combine_split`` for methods that can combine with a binomial split (symmetry,
+        neighbours): ``problem`` says why these data or settings cannot be split (``None``: they can).
+        Auto (``None``) becomes True exactly when they can; an explicit True they cannot use is an error.
+        The resolved value is written back, so a saved model records what it was trained with."""
+        want = self.mc.combine_split
+        if want and problem:
+            raise XRDError(f"{label}: method.combine_split: {problem}")
+        self.mc.combine_split = bool(want if want is not None else problem is None)
+        return self.mc.combine_split
 
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
         if self.needs_reference and reference is None:

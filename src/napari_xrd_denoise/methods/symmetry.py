@@ -20,6 +20,22 @@ train against their own value, which the input does not show.
 Inference: one pass (flip TTA with ``infer.tta``); output in counts, NaN wherever the frame is
 invalid: a gap is never filled from its partner. With ``method.symmetrize`` (if the configuration
 has it) the prediction is averaged with its own partner where both are valid.
+
+``method.combine_split`` (default ``None`` = auto: on for integer counts with the Anscombe transform and
+the Poisson loss; ``False`` gives the plain partner Noise2Noise above): symmetry as a second
+measurement next to a binomial split. The counts are split into independent halves ``a`` and ``b`` (as ``n2n-split``); the input is
+three channels, the half ``a / p``, the partner image of that half, and the partner's validity (0 in
+gaps, off the frame and in the guard zone, where the partner channel is 0); the target is the other
+half ``b`` in counts with the Poisson loss (``rate = (1 - p) * link(output)``), every valid pixel
+weighted. No input channel holds any photon of ``b``, so the target's noise is independent of the
+whole input; unlike the plain mode the target is the pixel's own half, so a pattern that is not
+symmetric (a spot without its Friedel mate) is still learned as it is, and the partner only helps
+where the data say it agrees. The partner image needs the whole frame, so :meth:`load` computes it for
+one of :data:`SPLIT_VARIANTS` seeded splits per frame (cached; the trainer picks one at random per
+patch and the halves' roles swap at random). Inference averages complementary halves in several
+orientations as ``n2n-split`` does (``infer.split_passes``), so every photon is used. A residual
+network adds its correction to the mean of the input channels, here nearly the average of the two
+measurements (the own half alone as the base scored 2.5 dB lower at mid dose, docs/methods.md).
 """
 
 from __future__ import annotations
@@ -38,6 +54,7 @@ from .base import FrameSource, Method, Run, Sample, grid_mask, n_phases, replace
 log = logging.getLogger(__name__)
 
 SCORE_FRAMES = 16  # frames summed for the symmetry score (they share the beam centre)
+SPLIT_VARIANTS = 4  # combine_split: binomial splits per frame whose partner images are computed (and cached)
 MIN_COMMON_FRACTION = 0.01  # below this fraction of valid pixels with a usable partner: refuse
 
 
@@ -90,6 +107,17 @@ def resolve_center(config, stack: ScanStack | None = None, frame_shape: tuple[in
     raise XRDError("method.name='symmetry' needs the beam centre: give --center Y,X or --poni FILE")
 
 
+def split_problem(method: Method, integer: bool) -> str | None:
+    """Why ``method`` cannot combine with a binomial split of the counts (``None``: it can)."""
+    if method.mc.combine_n2s:
+        return "method.combine_n2s also changes the input; choose one"
+    if not integer or method.norm.transform != "anscombe":
+        return "splitting photon counts needs integer counts with data.transform=anscombe"
+    if method.mc.loss == "mse":
+        return "the split target needs the Poisson loss (method.loss auto or poisson), not mse"
+    return None
+
+
 class SymmetryN2N(Method):
     """Noise2Noise between a frame and its Friedel (or mirror) partner image."""
 
@@ -101,8 +129,20 @@ class SymmetryN2N(Method):
         self._cache = LoadCache()
         self.score: float | None = None
 
+    @property
+    def split(self) -> bool:
+        return bool(self.mc.combine_split)
+
+    @property
+    def p(self) -> float:
+        return float(self.mc.split_p)
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.split else 1
+
     def default_loss(self) -> str:
-        return "mse"
+        return "poisson" if self.split else "mse"
 
     @property
     def kind(self) -> str:
@@ -163,13 +203,42 @@ class SymmetryN2N(Method):
         if msg:
             self.messages.append(msg)
             log.warning(msg)
+        self.resolve_combine_split(stack.label, split_problem(self, integer))
 
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
         super().attach(source, reference)
         self._cache.clear()
+        self._variant_rng = np.random.default_rng([int(self.config.train.seed), 0x5e])
 
     # ---- samples -------------------------------------------------------------------------------
+    def _partner_net(self, counts: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The partner image of ``counts`` (full-dose scale) on the network scale, interpolated on the
+        transformed scale (no negative counts), and its usability (partner valid, outside the guard zone)
+        as a float channel; the partner is 0 where it is unusable."""
+        pt, pv = self.operator(counts.shape)(self.norm.forward(counts), valid)
+        ok = pv & self._guard
+        net = np.where(ok, self.norm.transformed_to_net(pt), np.float32(0.0)).astype(np.float32)
+        return net, ok.astype(np.float32)
+
+    def _load_split(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
+        variant = int(self._variant_rng.integers(SPLIT_VARIANTS)) if hasattr(self, "_variant_rng") else 0
+        key = (id(source), int(index), variant)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        from ..physics.binomial import split
+
+        c, v = source.get(index)
+        a, b = split(np.where(v, c, 0), self.p, np.random.default_rng([int(self.config.train.seed), int(index), variant]))
+        pa, ok = self._partner_net(a / np.float32(self.p), v)
+        pb, _ = self._partner_net(b / np.float32(1.0 - self.p), v)
+        out = {"counts": c, "valid": v, "a": a, "b": b, "partner_a": pa, "partner_b": pb, "partner_ok": ok}
+        self._cache.put(key, out)
+        return out
+
     def load(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
+        if self.split:
+            return self._load_split(index, source)
         key = (id(source), int(index))
         hit = self._cache.get(key)
         if hit is not None:
@@ -189,6 +258,8 @@ class SymmetryN2N(Method):
         return {"counts": c, "valid": v}
 
     def make_sample(self, arrays, rng, space) -> Sample:
+        if self.split:
+            return self._split_sample(arrays, rng, space)
         c, v = arrays["counts"], arrays["valid"]
         pc, pt, pv, m = arrays["partner"], arrays["partner_t"], arrays["partner_valid"], arrays["common"]
         own_net = self.norm.to_net(c, v)
@@ -213,9 +284,36 @@ class SymmetryN2N(Method):
         target = np.where(weight > 0, target, np.float32(0.0)).astype(np.float32)
         return Sample(x[None].astype(np.float32), target, weight)
 
+    def _split_sample(self, arrays, rng, space) -> Sample:
+        v = arrays["valid"]
+        a, b, xa, xb = arrays["a"], arrays["b"], arrays["partner_a"], arrays["partner_b"]
+        pa, pb = self.p, 1.0 - self.p
+        if rng.random() < 0.5:
+            a, b, xa, xb, pa, pb = b, a, xb, xa, pb, pa
+        x = np.stack([self.norm.to_net(a / np.float32(pa), v), xa, arrays["partner_ok"]])
+        return Sample(x.astype(np.float32), self.target_from_counts(b, v, space), v.astype(np.float32), scale=pb)
+
     # ---- inference -----------------------------------------------------------------------------
+    def split_input(self, batch: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """``(B, 3, *frame)`` network input of the ``k``-th split pass: the half (complementary halves
+        for odd ``k``, as ``n2n-split``), its partner image and the partner's validity."""
+        from .n2n import split_halves
+
+        halves = split_halves(batch["counts"], batch["valid"], self.p, k, complementary=True)[:, 0]
+        xs = []
+        for h, v in zip(halves, batch["valid"]):
+            pn, ok = self._partner_net(h, v)
+            xs.append(np.stack([self.norm.to_net(h, v), pn, ok]))
+        return np.stack(xs).astype(np.float32)
+
     def denoise(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
-        out = self.to_counts(self.predict(run, batch, infer), batch["valid"])
+        if self.split:
+            from .n2n import split_passes
+
+            n = split_passes(infer) or split_passes(None)  # 0 (a full-frame pass) is no input this network saw
+            out = self.averaged_passes(run, batch, infer, n, lambda k: self.split_input(batch, k))
+        else:
+            out = self.to_counts(self.predict(run, batch, infer), batch["valid"])
         if not self.symmetrize:
             return out
         op = self.operator(out.shape[1:])

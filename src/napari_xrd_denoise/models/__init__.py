@@ -13,12 +13,17 @@ __all__ = ["UNet", "DnCNN", "build_model", "count_parameters", "channels_last", 
 
 
 def build_model(cfg: ModelConfig, ndim: int, in_channels: int | None = None) -> nn.Module:
-    """The network described by ``cfg`` for ``ndim``-dimensional frames (1 or 2)."""
+    """The network described by ``cfg`` for ``ndim``-dimensional frames (1 or 2). ``cfg.residual_channel``
+    (set by the method, :attr:`methods.base.Method.residual_channel`, and saved with the model): the input
+    channel a residual network adds its correction to (``None``: the mean of the input channels)."""
     cin = int(in_channels if in_channels is not None else cfg.in_channels)
+    residual_channel = cfg.residual_channel
     if cfg.arch == "unet":
-        return UNet(ndim=ndim, in_channels=cin, depth=int(cfg.depth), width=int(cfg.width), residual=bool(cfg.residual))
+        return UNet(ndim=ndim, in_channels=cin, depth=int(cfg.depth), width=int(cfg.width), residual=bool(cfg.residual),
+                    residual_channel=residual_channel)
     if cfg.arch == "dncnn":
-        return DnCNN(ndim=ndim, in_channels=cin, layers=int(cfg.dncnn_layers), width=int(cfg.width), residual=bool(cfg.residual))
+        return DnCNN(ndim=ndim, in_channels=cin, layers=int(cfg.dncnn_layers), width=int(cfg.width),
+                     residual=bool(cfg.residual), residual_channel=residual_channel)
     raise ValueError(f"unknown model.arch {cfg.arch!r}")
 
 

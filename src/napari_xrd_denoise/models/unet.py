@@ -41,19 +41,40 @@ class _Block(nn.Module):
         return self.act(self.c2(self.act(self.c1(x))))
 
 
+def residual_base_channel(channel: int | None, in_channels: int) -> int | None:
+    """Validated residual channel index (``None``: the mean of all input channels)."""
+    if channel is None:
+        return None
+    c = int(channel)
+    if not -in_channels <= c < in_channels:
+        raise ValueError(f"residual_channel {channel} is not one of the {in_channels} input channels")
+    return c % in_channels
+
+
+def residual_base(x: torch.Tensor, channel: int | None) -> torch.Tensor:
+    """What a residual network adds its correction to: input channel ``channel``, or the channel mean."""
+    if channel is None:
+        return x.mean(dim=1, keepdim=True)
+    return x[:, channel : channel + 1]
+
+
 class UNet(nn.Module):
     """U-Net with ``depth`` poolings and ``width * 2**level`` channels (capped at ``16 * width``).
 
-    ``residual``: the output is the mean of the input channels plus the network's correction.
+    ``residual``: the output is the mean of the input channels (or input channel ``residual_channel``
+    alone, for inputs whose channels are not all measurements of the output) plus the network's
+    correction.
     Inputs of any size are padded (reflect) to a multiple of ``2**depth`` and cropped back.
     Output: ``(B, 1, *frame)``.
     """
 
-    def __init__(self, ndim: int = 2, in_channels: int = 1, depth: int = 3, width: int = 16, residual: bool = True):
+    def __init__(self, ndim: int = 2, in_channels: int = 1, depth: int = 3, width: int = 16, residual: bool = True,
+                 residual_channel: int | None = None):
         super().__init__()
         if ndim not in (1, 2):
             raise ValueError(f"ndim must be 1 or 2, got {ndim}")
         self.ndim, self.depth, self.residual, self.in_channels = ndim, depth, residual, in_channels
+        self.residual_channel = residual_base_channel(residual_channel, in_channels)
         ch = [min(width * 2**i, width * 16) for i in range(depth + 1)]
         self.inc = _Block(ndim, in_channels, ch[0])
         self.downs = nn.ModuleList(_Block(ndim, ch[i], ch[i + 1]) for i in range(depth))
@@ -82,5 +103,5 @@ class UNet(nn.Module):
             h = dec(torch.cat([up(h), skips.pop()], dim=1))
         y = self.out(h)
         if self.residual:
-            y = y + xp.mean(dim=1, keepdim=True)
+            y = y + residual_base(xp, self.residual_channel)
         return crop_to(y, sizes)
