@@ -128,6 +128,7 @@ class SymmetryN2N(Method):
         self._ops: dict[tuple, sym.PartnerOperator] = {}
         self._cache = LoadCache()
         self.score: float | None = None
+        self._variant_rng = np.random.default_rng([int(config.train.seed), 0x5E])  # which cached split a patch uses
 
     @property
     def split(self) -> bool:
@@ -208,7 +209,7 @@ class SymmetryN2N(Method):
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
         super().attach(source, reference)
         self._cache.clear()
-        self._variant_rng = np.random.default_rng([int(self.config.train.seed), 0x5e])
+        self._variant_rng = np.random.default_rng([int(self.config.train.seed), 0x5E])
 
     # ---- samples -------------------------------------------------------------------------------
     def _partner_net(self, counts: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +222,7 @@ class SymmetryN2N(Method):
         return net, ok.astype(np.float32)
 
     def _load_split(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
-        variant = int(self._variant_rng.integers(SPLIT_VARIANTS)) if hasattr(self, "_variant_rng") else 0
+        variant = int(self._variant_rng.integers(SPLIT_VARIANTS))
         key = (id(source), int(index), variant)
         hit = self._cache.get(key)
         if hit is not None:

@@ -52,6 +52,7 @@ SIZES = {
     "large": (4, 48, 17),
 }
 NO_REFERENCE = "(none)"
+SPLIT_CHOICES = {"auto": None, "on": True, "off": False}  # combo entry -> method.combine_split
 MODEL_FILTER = "Denoiser model (*.pt *.pth *.xrdm);;All files (*)"
 
 
@@ -108,6 +109,10 @@ class TrainWidget(QWidget):
         f.addRow("Mask grid width", self.mask_width)
         self.neighbors = combo([4, 8, 24], 8, "neighbors: how many scan neighbours feed the input")
         f.addRow("Scan neighbours", self.neighbors)
+        self.split = combo(list(SPLIT_CHOICES), "auto",
+                           "symmetry / neighbors: also input one binomial half of the frame and target the other "
+                           "half (auto: on for photon counts; off: the plain partner / neighbour form)")
+        f.addRow("Binomial split", self.split)
         self.reference = QComboBox()
         self.reference.setToolTip("supervised: Image layer with the paired high-SNR frames (same shape)")
         f.addRow("Reference layer", self.reference)
@@ -178,6 +183,7 @@ class TrainWidget(QWidget):
         m.loss = str(self.loss.currentData())
         m.mask_width = int(self.mask_width.value())
         m.neighbors = int(self.neighbors.currentData())
+        m.combine_split = SPLIT_CHOICES[str(self.split.currentData())]
         mo.arch = str(self.arch.currentData())
         size = self.size.currentData()
         if size in SIZES:
@@ -203,6 +209,7 @@ class TrainWidget(QWidget):
         set_combo(self.loss, m.loss)
         self.mask_width.setValue(m.mask_width)
         set_combo(self.neighbors, m.neighbors)
+        set_combo(self.split, next(k for k, v in SPLIT_CHOICES.items() if v is m.combine_split))
         set_combo(self.arch, mo.arch)
         key = next((k for k, v in SIZES.items() if v[:2] == (mo.depth, mo.width)), None)
         if key is None:
