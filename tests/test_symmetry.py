@@ -246,6 +246,18 @@ def _method(center, **kw):
     return SymmetryN2N(cfg, frame_ndim=2, norm=Normalizer(mean=2.0, std=1.5))
 
 
+def _augmented_sample(m, src, rng):
+    """A training sample of frame 0 from a random 32x32 crop in a random orientation, as the trainer draws
+    it, with the frame coordinates ``(y, x)`` of every sample pixel."""
+    shape = src.frame_shape
+    arrays = dict(m.load(0, src))
+    arrays["yy"], arrays["xx"] = np.mgrid[: shape[0], : shape[1]]
+    arrays = crop_arrays(arrays, (int(rng.integers(0, shape[0] - 31)), int(rng.integers(0, shape[1] - 31))), (32, 32))
+    arrays = augment_arrays(arrays, 2, int(rng.integers(4)), (bool(rng.integers(2)), bool(rng.integers(2))))
+    y, x = arrays.pop("yy"), arrays.pop("xx")
+    return m.make_sample(arrays, rng, "poisson"), y, x
+
+
 def test_samples_pair_each_pixel_with_its_partner_after_crop_and_augmentation():
     c = (20.5, 23.0)  # exact pixel partners: (41 - y, 46 - x)
     shape = (44, 48)
@@ -257,16 +269,10 @@ def test_samples_pair_each_pixel_with_its_partner_after_crop_and_augmentation():
     src = FrameSource(stack)
     m.attach(src)
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
     raw = counts.astype(np.float64)
     swapped = 0
     for trial in range(12):
-        arrays = dict(m.load(0, src))
-        arrays["yy"], arrays["xx"] = yy, xx
-        arrays = crop_arrays(arrays, (int(rng.integers(0, 12)), int(rng.integers(0, 16))), (32, 32))
-        arrays = augment_arrays(arrays, 2, int(rng.integers(4)), (bool(rng.integers(2)), bool(rng.integers(2))))
-        y, x = arrays.pop("yy"), arrays.pop("xx")
-        s = m.make_sample(arrays, rng, "poisson")
+        s, y, x = _augmented_sample(m, src, rng)
         w = s.weight > 0
         assert w.any()
         own = raw[y, x]
@@ -402,18 +408,12 @@ def test_split_sample_input_holds_one_half_and_its_partner_target_the_other_half
     src = FrameSource(stack)
     m.attach(src)
     shape = counts.shape[1:]
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
     raw = counts[0].astype(np.float64)
     inv = lambda z: ((z * 1.5 + 2.0) / 2.0) ** 2 - 0.375  # noqa: E731 - undo the normalised Anscombe
     rng = np.random.default_rng(0)
     halves = set()
     for trial in range(16):
-        arrays = dict(m.load(0, src))
-        arrays["yy"], arrays["xx"] = yy, xx
-        arrays = crop_arrays(arrays, (int(rng.integers(0, 12)), int(rng.integers(0, 16))), (32, 32))
-        arrays = augment_arrays(arrays, 2, int(rng.integers(4)), (bool(rng.integers(2)), bool(rng.integers(2))))
-        y, x = arrays.pop("yy"), arrays.pop("xx")
-        s = m.make_sample(arrays, rng, "poisson")
+        s, y, x = _augmented_sample(m, src, rng)
         v = valid_static[y, x]
         assert s.input.shape == (3, 32, 32)
         np.testing.assert_array_equal(s.weight > 0, v)  # every valid pixel, partner or not

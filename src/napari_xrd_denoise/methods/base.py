@@ -534,17 +534,6 @@ class Method:
                 "does not qualify, so the MSE loss is used"
             )
 
-    def resolve_combine_split(self, label: str, problem: str | None) -> bool:
-        """Settle ``method.combine_split`` for methods that can combine with a binomial split (symmetry,
-        neighbours): ``problem`` says why these data or settings cannot be split (``None``: they can).
-        Auto (``None``) becomes True exactly when they can; an explicit True they cannot use is an error.
-        The resolved value is written back, so a saved model records what it was trained with."""
-        want = self.mc.combine_split
-        if want and problem:
-            raise XRDError(f"{label}: method.combine_split: {problem}")
-        self.mc.combine_split = bool(want if want is not None else problem is None)
-        return self.mc.combine_split
-
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
         if self.needs_reference and reference is None:
             raise XRDError(f"method.name={self.name!r} needs paired reference frames (method.reference)")
@@ -629,6 +618,33 @@ class Method:
         Methods whose inference averages several passes *in counts* (e.g. binomial splits) override
         this; others override :meth:`predict` (network scale) only."""
         return self.to_counts(self.predict(run, batch, infer), batch["valid"])
+
+
+class CombinesWithSplit:
+    """Mixin for methods that can add a binomial split of the frame to their own second look (symmetry,
+    neighbours): ``method.combine_split`` (auto / on / off) settled by :meth:`resolve_combine_split` in
+    the method's ``check``, and the split probability ``method.split_p``."""
+
+    mc: Any
+
+    @property
+    def split(self) -> bool:
+        return bool(self.mc.combine_split)
+
+    @property
+    def p(self) -> float:
+        return float(self.mc.split_p)
+
+    def resolve_combine_split(self, label: str, problem: str | None) -> bool:
+        """Settle ``method.combine_split`` for methods that can combine with a binomial split (symmetry,
+        neighbours): ``problem`` says why these data or settings cannot be split (``None``: they can).
+        Auto (``None``) becomes True exactly when they can; an explicit True they cannot use is an error.
+        The resolved value is written back, so a saved model records what it was trained with."""
+        want = self.mc.combine_split
+        if want and problem:
+            raise XRDError(f"{label}: method.combine_split: {problem}")
+        self.mc.combine_split = bool(want if want is not None else problem is None)
+        return self.mc.combine_split
 
 
 #: Orientations (elements of the dihedral group of the square) in the order successive inference passes

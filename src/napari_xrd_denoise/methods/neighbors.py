@@ -48,7 +48,7 @@ from ..config import InferConfig
 from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics.neighbors import neighbor_indices
-from .base import FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
+from .base import CombinesWithSplit, FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
 from .symmetry import LoadCache, split_problem
 
 MEAN_WEIGHT = 0.02
@@ -72,7 +72,7 @@ def scan_grid(config, source: FrameSource) -> tuple[int, ...]:
     )
 
 
-class NeighborScan(Method):
+class NeighborScan(CombinesWithSplit, Method):
     """Blind spot across the scan: input the neighbouring frames, target the centre frame."""
 
     name = "neighbors"
@@ -90,14 +90,6 @@ class NeighborScan(Method):
     @property
     def n(self) -> int:
         return int(self.mc.neighbors)
-
-    @property
-    def split(self) -> bool:
-        return bool(self.mc.combine_split)
-
-    @property
-    def p(self) -> float:
-        return float(self.mc.split_p)
 
     @property
     def in_channels(self) -> int:

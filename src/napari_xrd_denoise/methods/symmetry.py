@@ -49,7 +49,7 @@ from ..config import InferConfig
 from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics import symmetry as sym
-from .base import FrameSource, Method, Run, Sample, grid_mask, n_phases, replace_hidden
+from .base import CombinesWithSplit, FrameSource, Method, Run, Sample, grid_mask, n_phases, replace_hidden
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def split_problem(method: Method, integer: bool) -> str | None:
     return None
 
 
-class SymmetryN2N(Method):
+class SymmetryN2N(CombinesWithSplit, Method):
     """Noise2Noise between a frame and its Friedel (or mirror) partner image."""
 
     name = "symmetry"
@@ -129,14 +129,6 @@ class SymmetryN2N(Method):
         self._cache = LoadCache()
         self.score: float | None = None
         self._variant_rng = np.random.default_rng([int(config.train.seed), 0x5E])  # which cached split a patch uses
-
-    @property
-    def split(self) -> bool:
-        return bool(self.mc.combine_split)
-
-    @property
-    def p(self) -> float:
-        return float(self.mc.split_p)
 
     @property
     def in_channels(self) -> int:
