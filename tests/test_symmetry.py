@@ -490,3 +490,22 @@ def test_split_inference_uses_every_photon_and_keeps_gaps_nan():
     pair = split_halves(batch["counts"], batch["valid"], m.p, 0) + split_halves(batch["counts"], batch["valid"], m.p, 1)
     np.testing.assert_allclose(pair[:, 0][batch["valid"]], 2 * counts[batch["valid"]])  # a pair uses every photon
     np.testing.assert_array_equal(out, m.denoise(half_back, batch, infer))  # seeded: the same every time
+
+
+def test_unmasked_hot_pixels_do_not_make_a_symmetric_pattern_look_asymmetric():
+    from napari_xrd_denoise.methods.symmetry import SymmetryN2N
+    from napari_xrd_denoise.synthetic import make_scan
+
+    scan = make_scan((2, 2), (96, 96), dose="mid", seed=0)
+    assert scan.hot.any()
+    plain = ScanStack.from_array(np.asarray(scan.counts))  # a bare array: the hot pixels are not masked
+
+    def check(center):
+        m = SymmetryN2N(Config().replace(method__name="symmetry", center=list(center)), frame_ndim=2)
+        m.check(plain)
+        return m
+
+    m = check(scan.center)
+    assert m.score > 0.9 and m.messages == []  # was 0.28 (and a false warning) before outliers were left out
+    off = check((scan.center[0] + 4.0, scan.center[1] - 3.0))
+    assert off.score < 0.5 and "symmetry score" in off.messages[0]

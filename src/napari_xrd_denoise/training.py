@@ -396,7 +396,10 @@ class Trainer:
         return self._validate(space)
 
     def _start_message(self, cfg: Config) -> str:
-        return f"{cfg.method.name} on {self.device}, {self.train_frames.size} training frame(s)"
+        name = cfg.method.name
+        if cfg.method.combine_split and name in ("symmetry", "neighbors"):
+            name += " + binomial split"
+        return f"{name} on {self.device}, {self.train_frames.size} training frame(s)"
 
     def _saw_batch(self, x: torch.Tensor) -> None:
         """Called with every training batch before its step."""

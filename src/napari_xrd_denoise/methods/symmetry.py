@@ -189,8 +189,13 @@ class SymmetryN2N(CombinesWithSplit, Method):
                 f"({c[0]:.2f}, {c[1]:.2f}) (centre off the frame, or partners in gaps); use another method"
             )
         integer = bool(np.allclose(total[valid], np.round(total[valid]))) and not stack.keep_negatives
+        # unmasked hot pixels are bright and have no partner: a handful of them dominate the covariances
+        # and would call a symmetric pattern asymmetric, so the score leaves out isolated outliers
+        from ..physics.masks import find_hot_dead
+
+        hot, _ = find_hot_dead(total, valid)
         self.score = sym.symmetry_score(
-            total, valid, c, self.kind, self.angle, guard=float(self.mc.center_guard), corrected=integer
+            total, valid & ~hot, c, self.kind, self.angle, guard=float(self.mc.center_guard), corrected=integer
         )
         msg = sym.symmetry_warning(self.score, c, self.kind)
         if msg:
