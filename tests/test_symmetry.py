@@ -509,3 +509,26 @@ def test_unmasked_hot_pixels_do_not_make_a_symmetric_pattern_look_asymmetric():
     assert m.score > 0.9 and m.messages == []  # was 0.28 (and a false warning) before outliers were left out
     off = check((scan.center[0] + 4.0, scan.center[1] - 3.0))
     assert off.score < 0.5 and "symmetry score" in off.messages[0]
+
+
+def test_low_symmetry_warning_reaches_the_log_without_a_listener(caplog):
+    import logging
+
+    pytest.importorskip("torch")
+    from napari_xrd_denoise.training import Trainer
+
+    c = (30.3, 35.7)
+    truth = rings((64, 72), c, amp=8.0)
+    xx = np.mgrid[:64, :72][1]
+    frame = np.random.default_rng(8).poisson(np.where(xx > 40, truth, 0.5)).astype(np.uint16)
+    cfg = Config().replace(method__name="symmetry", center=list(c), epochs=1, steps_per_epoch=1, train__batch_size=2,
+                           patch_size=32, width=4, depth=1, threads=1, val_fraction=0.0)
+    with caplog.at_level(logging.WARNING, logger="napari_xrd_denoise"):
+        Trainer(cfg, ScanStack.from_array(frame)).run()
+    assert caplog.text.count("symmetry score") == 1  # once, from the trainer (no callback to tell)
+    events = []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="napari_xrd_denoise"):
+        Trainer(cfg, ScanStack.from_array(frame), callback=events.append).run()
+    assert "symmetry score" not in caplog.text  # a listener gets it as an event instead, not twice
+    assert sum("symmetry score" in (e.message or "") for e in events if e.kind == "message") == 1

@@ -10,6 +10,7 @@ weights, and reports through :class:`TrainEvent` callbacks (possibly from the tr
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import threading
 import time
@@ -40,6 +41,8 @@ from .methods.base import (
 )
 from .model_file import DenoiserModel
 from .models import build_model
+
+log = logging.getLogger(__name__)
 
 CACHE_BYTES = 512 * 2**20  # decoded frames kept in memory while training
 VAL_SEED_OFFSET = 7919
@@ -163,6 +166,8 @@ class Trainer:
     def _emit(self, kind: str, **kw) -> None:
         if self.callback is not None:
             self.callback(TrainEvent(kind=kind, **kw))
+        elif kind == "message" and kw.get("message"):
+            log.warning(kw["message"])  # no listener (Python API without a callback): the logger says it
 
     # ---- data -----------------------------------------------------------------------------------------
     def _split_frames(self) -> None:

@@ -40,7 +40,6 @@ measurements (the own half alone as the base scored 2.5 dB lower at mid dose, do
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -50,8 +49,6 @@ from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics import symmetry as sym
 from .base import CombinesWithSplit, FrameSource, Method, Run, Sample, grid_mask, n_phases, replace_hidden
-
-log = logging.getLogger(__name__)
 
 SCORE_FRAMES = 16  # frames summed for the symmetry score (they share the beam centre)
 SPLIT_VARIANTS = 4  # combine_split: binomial splits per frame whose partner images are computed (and cached)
@@ -199,8 +196,7 @@ class SymmetryN2N(CombinesWithSplit, Method):
         )
         msg = sym.symmetry_warning(self.score, c, self.kind)
         if msg:
-            self.messages.append(msg)
-            log.warning(msg)
+            self.messages.append(msg)  # the trainer shows it (an event, or the log without a listener)
         self.resolve_combine_split(stack.label, split_problem(self, integer))
 
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
