@@ -30,6 +30,7 @@ from .io.stack import ScanStack
 from .methods import build_method, resolve_auto
 from .models import as_layout, fast_layout
 from .methods.base import (
+    CombinesWithSplit,
     FrameSource,
     Method,
     Normalizer,
@@ -402,7 +403,7 @@ class Trainer:
 
     def _start_message(self, cfg: Config) -> str:
         name = cfg.method.name
-        if cfg.method.combine_split and name in ("symmetry", "neighbors"):
+        if isinstance(self.method, CombinesWithSplit) and self.method.split:
             name += " + binomial split"
         return f"{name} on {self.device}, {self.train_frames.size} training frame(s)"
 

@@ -626,6 +626,7 @@ class CombinesWithSplit:
     the method's ``check``, and the split probability ``method.split_p``."""
 
     mc: Any
+    norm: Any
 
     @property
     def split(self) -> bool:
@@ -634,6 +635,24 @@ class CombinesWithSplit:
     @property
     def p(self) -> float:
         return float(self.mc.split_p)
+
+    def split_problem(self, integer: bool) -> str | None:
+        """Why these data or settings cannot combine with a binomial split of the counts (``None``: they
+        can); ``integer``: the data are integer counts."""
+        if self.mc.combine_n2s:
+            return "method.combine_n2s also changes the input; choose one"
+        if not integer or self.norm.transform != "anscombe":
+            return "splitting photon counts needs integer counts with data.transform=anscombe"
+        if self.mc.loss == "mse":
+            return "the split target needs the Poisson loss (method.loss auto or poisson), not mse"
+        return None
+
+    def split_pass_count(self, infer) -> int:
+        """Split passes averaged at inference (``infer.split_passes``, as ``n2n-split``); 0 (one full-frame
+        pass) is no input a split-trained network with context channels saw, so it means the default."""
+        from .n2n import split_passes
+
+        return split_passes(infer) or split_passes(None)
 
     def resolve_combine_split(self, label: str, problem: str | None) -> bool:
         """Settle ``method.combine_split`` for methods that can combine with a binomial split (symmetry,

@@ -49,7 +49,7 @@ from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics.neighbors import neighbor_indices
 from .base import CombinesWithSplit, FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
-from .symmetry import LoadCache, split_problem
+from .symmetry import LoadCache
 
 MEAN_WEIGHT = 0.02
 SUM_WEIGHT = 0.01
@@ -169,7 +169,7 @@ class NeighborScan(CombinesWithSplit, Method):
         self._integer = (
             self.norm.transform in ("anscombe", "gat") and not stack.keep_negatives and _is_integer_data(stack)
         )
-        problem = split_problem(self, self._integer)
+        problem = self.split_problem(self._integer)
         if problem is None and int(self.mc.cycles) > 1:
             problem = ("iterative refinement (method.cycles > 1) would pass the centre frame's own photons back "
                        "through the neighbour estimates; use method.cycles=1")
@@ -250,10 +250,10 @@ class NeighborScan(CombinesWithSplit, Method):
     def denoise(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
         if not self.split:
             return super().denoise(run, batch, infer)
-        from .n2n import split_halves, split_passes
+        from .n2n import split_halves
 
         ctx = self.norm.to_net(batch["context"], batch["context_valid"])
-        n = split_passes(infer) or split_passes(None)  # 0 (a full-frame pass) is no input this network saw
+        n = self.split_pass_count(infer)
 
         def net_input(k: int) -> np.ndarray:
             half = split_halves(batch["counts"], batch["valid"], self.p, k, complementary=True)

@@ -104,17 +104,6 @@ def resolve_center(config, stack: ScanStack | None = None, frame_shape: tuple[in
     raise XRDError("method.name='symmetry' needs the beam centre: give --center Y,X or --poni FILE")
 
 
-def split_problem(method: Method, integer: bool) -> str | None:
-    """Why ``method`` cannot combine with a binomial split of the counts (``None``: it can)."""
-    if method.mc.combine_n2s:
-        return "method.combine_n2s also changes the input; choose one"
-    if not integer or method.norm.transform != "anscombe":
-        return "splitting photon counts needs integer counts with data.transform=anscombe"
-    if method.mc.loss == "mse":
-        return "the split target needs the Poisson loss (method.loss auto or poisson), not mse"
-    return None
-
-
 class SymmetryN2N(CombinesWithSplit, Method):
     """Noise2Noise between a frame and its Friedel (or mirror) partner image."""
 
@@ -197,12 +186,11 @@ class SymmetryN2N(CombinesWithSplit, Method):
         msg = sym.symmetry_warning(self.score, c, self.kind)
         if msg:
             self.messages.append(msg)  # the trainer shows it (an event, or the log without a listener)
-        self.resolve_combine_split(stack.label, split_problem(self, integer))
+        self.resolve_combine_split(stack.label, self.split_problem(integer))
 
     def attach(self, source: FrameSource, reference: FrameSource | None = None) -> None:
         super().attach(source, reference)
         self._cache.clear()
-        self._variant_rng = np.random.default_rng([int(self.config.train.seed), 0x5E])
 
     # ---- samples -------------------------------------------------------------------------------
     def _partner_net(self, counts: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,10 +290,8 @@ class SymmetryN2N(CombinesWithSplit, Method):
 
     def denoise(self, run: Run, batch: dict[str, np.ndarray], infer: InferConfig) -> np.ndarray:
         if self.split:
-            from .n2n import split_passes
-
-            n = split_passes(infer) or split_passes(None)  # 0 (a full-frame pass) is no input this network saw
-            out = self.averaged_passes(run, batch, infer, n, lambda k: self.split_input(batch, k))
+            out = self.averaged_passes(run, batch, infer, self.split_pass_count(infer),
+                                       lambda k: self.split_input(batch, k))
         else:
             out = self.to_counts(self.predict(run, batch, infer), batch["valid"])
         if not self.symmetrize:
