@@ -77,4 +77,8 @@ def test_cli_flags_and_config_file_make_one_config(tmp_path):
     assert cfg.method.center == [10.0, 12.5]
     assert cfg.train.device == "cpu"
     assert cfg.data.keep_negatives is True
+    assert cfg.train.amp is True  # not given: the file's (default) value
     json.loads(cfg.to_json())
+    for flag, want in (("--no-amp", False), ("--amp", True)):
+        args = build_parser().parse_args(["train", "in.h5", "-m", "m.pt", "--config", str(cfile), flag])
+        assert config_from_args(args).train.amp is want

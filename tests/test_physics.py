@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from napari_xrd_denoise.physics import binomial
 from napari_xrd_denoise.physics.binomial import split, thin
 from napari_xrd_denoise.physics.masks import (
     describe_pixel_mask,
@@ -125,6 +126,36 @@ def test_split_halves_are_independent_poisson():
     # halves of a non-Poisson (constant) input are perfectly anti-correlated
     c1, c2 = split(np.full(1_000_000, 5), p, rng=13)
     assert np.corrcoef(c1, c2)[0, 1] < -0.9
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 70, 200, 512])
+def test_even_split_follows_the_binomial_law(n):
+    """p = 1/2 draws fair bits (one word per 64 counts, masked to the bits owed): its counts must follow
+    Binomial(n, 1/2) exactly, also across word boundaries (64, 70, 200) and at the largest count drawn so."""
+    if not hasattr(np, "bitwise_count"):
+        pytest.skip("numpy < 2 uses rng.binomial for every p")
+    draws = 200_000
+    a, b = split(np.full(draws, n), 0.5, rng=n)
+    np.testing.assert_array_equal(a + b, n)
+    k, obs = np.unique(a.astype(np.int64), return_counts=True)
+    pmf = stats.binom.pmf(k, n, 0.5)
+    keep = pmf * draws >= 20  # chi-square on the well-populated bins, the rest pooled
+    o = np.append(obs[keep], obs[~keep].sum() + (draws - obs.sum()))
+    e = np.append(pmf[keep] * draws, draws - (pmf[keep] * draws).sum())
+    assert stats.chisquare(o, e).pvalue > 1e-4
+    assert abs(a.mean() - n / 2) < 5 * np.sqrt(n / 4 / draws)
+
+
+def test_even_split_of_a_frame_with_zeros_and_large_counts():
+    rng = np.random.default_rng(5)
+    frame = rng.poisson(30.0, (64, 64))
+    frame[:8] = 0
+    a, b = split(frame, 0.5, rng=6)
+    assert not a[:8].any() and not b[:8].any()
+    np.testing.assert_array_equal(a + b, frame)
+    assert binomial._half(np.array([binomial.HALF_MAX_COUNT + 1]), rng) is None  # beyond: rng.binomial
+    big, rest = split(np.array([10_000, 3]), 0.5, rng=7)
+    assert big[0] + rest[0] == 10_000 and abs(big[0] - 5000) < 5 * 50
 
 
 def test_split_is_seeded_and_validates():

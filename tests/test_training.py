@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from napari_xrd_denoise.config import Config
-from napari_xrd_denoise.devices import available_devices, default_threads, resolve_device
+from napari_xrd_denoise import devices
+from napari_xrd_denoise.devices import amp_dtype, available_devices, default_threads, resolve_device
 from napari_xrd_denoise.errors import ConfigError, XRDError
 from napari_xrd_denoise.inference import predict_stack
 from napari_xrd_denoise.io.stack import ScanStack
@@ -108,6 +109,50 @@ def test_devices():
         assert dev.type == "cpu" and "not available" in msg
 
 
+def test_mixed_precision_choice(monkeypatch):
+    assert amp_dtype(torch.device("cuda"), True) == torch.float16
+    assert amp_dtype(torch.device("cuda"), False) is None
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    assert amp_dtype(torch.device("cpu"), True) == torch.bfloat16
+    assert amp_dtype(torch.device("cpu"), False) is None
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)  # emulated bfloat16 is slower: float32
+    assert amp_dtype(torch.device("cpu"), True) is None
+    assert amp_dtype(torch.device("mps"), True) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_training_precision(monkeypatch, native):
+    """With native bfloat16 the network's convolutions run in bfloat16 while training (validation too),
+    the weights stay float32, and the model still denoises; without it everything is float32."""
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native)
+    frames, lam = ring_frames(n=4, shape=(48, 48), dose=6.0)
+    events, seen = [], set()
+    tr = Trainer(quick(name="n2n-split", device="cpu", epochs=4, steps_per_epoch=15, lr=3e-3, width=8),
+                 ScanStack.from_array(frames), callback=events.append)
+    orig = tr._collate
+
+    def collate(samples):
+        out = orig(samples)
+        for m in tr.net.modules():
+            if isinstance(m, torch.nn.Conv2d) and not getattr(m, "_probe", False):
+                m._probe = True
+                m.register_forward_hook(lambda mod, inp, o: seen.add(o.dtype) if mod.training else None)
+        return out
+
+    tr._collate = collate
+    m = tr.run()
+    want = torch.bfloat16 if native else torch.float32
+    assert seen == {want}
+    assert all(p.dtype == torch.float32 for p in m.net.parameters())
+    start = next(e.message for e in events if e.kind == "start")
+    assert ("bfloat16 mixed precision" in start) == native
+    out = np.asarray(predict_stack(m, ScanStack.from_array(frames)), dtype=np.float64)
+    assert out.dtype == np.float64 and np.isfinite(out).all()
+    err_raw = np.mean((np.sqrt(frames[0]) - np.sqrt(lam)) ** 2)
+    err_den = np.mean((np.sqrt(np.maximum(out[0], 0)) - np.sqrt(lam)) ** 2)
+    assert err_den < 0.5 * err_raw
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_trainer_reports_device_fallback():
     frames, _ = ring_frames(n=2)
@@ -184,6 +229,18 @@ def test_time_budget_stops_training():
     m = Trainer(quick(epochs=50, steps_per_epoch=4, max_minutes=1e-5), ScanStack.from_array(frames), callback=events.append).run()
     assert len(m.history["train_loss"]) == 1
     assert any("time budget" in e.message for e in events)
+
+
+def test_eta_counts_down_to_the_time_budget():
+    frames, _ = ring_frames(n=2)
+    events = []
+    budget_s = 2.0  # 10000 steps would take far longer: the budget ends the run, and the ETA says so
+    Trainer(quick(epochs=1000, steps_per_epoch=10, max_minutes=budget_s / 60), ScanStack.from_array(frames),
+            callback=events.append).run()
+    timed = [e for e in events if e.kind in ("step", "epoch")]
+    assert timed
+    for e in timed:
+        assert e.eta_s <= budget_s - e.elapsed_s + 1e-6 or e.eta_s == 0.0
 
 
 # --- cancel / resume ---------------------------------------------------------------------------------

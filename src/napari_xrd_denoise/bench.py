@@ -805,6 +805,9 @@ def machine_info() -> dict[str, Any]:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    from .devices import amp_dtype
+
+    info["cpu_amp"] = "bfloat16" if amp_dtype(torch.device("cpu")) == torch.bfloat16 else "none (float32)"
     try:
         info["load_start"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -1192,7 +1195,7 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
          f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
          f"- machine: {info['cpu']}, {info['cores']} cores" + (f", {info['memory_gib']} GiB RAM" if "memory_gib" in info else "")
          + (f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"),
-         f"- software: Python {info['python']}, torch {info['torch']}, {info['os']}; torch threads {info['threads']}",
+         f"- software: Python {info['python']}, torch {info['torch']}, {info['os']}; torch threads {info['threads']}; CPU training precision: {info.get('cpu_amp', 'float32')}",
          f"- settings: training budget {st.budget_s:g} s per method (synthetic), {st.real_budget_s:g} s (real LaB6), "
          f"{st.xrf_budget_s:g} s (XRF); patch {st.patch}, batch 8; the same budget for the careamics peer",
          f"- wall time of this run: {elapsed / 60:.1f} min; CPU load average (1 min) at start "

@@ -58,6 +58,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "device": ("train", "device", str),
     "threads": ("train", "threads", int),
     "max_minutes": ("train", "max_minutes", float),
+    "amp": ("train", "amp", bool),
     "tile": ("infer", "tile", int),
     "infer_batch": ("infer", "batch_size", int),
     "j_invariant": ("infer", "j_invariant", bool),
@@ -126,6 +127,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--threads", type=int, help="torch threads (0: suited to the model and cores)")
     g.add_argument("--max-minutes", type=float, help="wall-clock budget for training")
+    g.add_argument("--amp", action="store_const", const=True,
+                   help="mixed-precision training: float16 on CUDA, bfloat16 on CPUs with native bfloat16 (default)")
+    g.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="train in float32 throughout")
 
 
 def _add_infer_options(p: argparse.ArgumentParser) -> None:

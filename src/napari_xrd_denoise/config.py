@@ -107,7 +107,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch threads; 0 = a number that suits small models on few cores
-    amp: bool = True  # mixed precision on CUDA
+    amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs that compute it natively
     augment: bool = True  # rot90 / flip
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     preview_every: int = 25  # steps between preview events

@@ -50,6 +50,32 @@ def resolve_device(name: str | None) -> tuple[torch.device, str]:
     raise ConfigError(f"train.device={name!r} is not one of: {DEVICES_HINT}")
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), so that bfloat16 mixed
+    precision speeds training up rather than emulating it (slower than float32)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # a private probe: its absence or failure means "not known to be native"
+            continue
+    return False
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device`` (``train.amp``): float16 on CUDA, bfloat16 on a CPU with
+    native bfloat16 (:func:`cpu_bf16_native`), else None (float32 throughout)."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_bf16_native():
+        return torch.bfloat16
+    return None
+
+
 def default_threads() -> int:
     """Torch threads for training the small default models: 1 on machines with up to 2 cores, else half
     the cores (at most 8).

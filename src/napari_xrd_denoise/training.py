@@ -23,7 +23,7 @@ import torch
 
 from . import __version__
 from .config import Config, with_data_defaults
-from .devices import default_threads, resolve_device
+from .devices import amp_dtype, default_threads, resolve_device
 from .errors import XRDError
 from .io.atomic import atomic_path
 from .io.stack import ScanStack
@@ -126,6 +126,7 @@ class Trainer:
         if self.resume and (self.checkpoint is None or not self.checkpoint.is_file()):
             raise XRDError(f"{self.checkpoint or 'train.checkpoint_dir'}: no checkpoint to resume from")
         self.device, self.device_message = resolve_device(tc.device)
+        self.amp_dtype: torch.dtype | None = None  # set when the run starts (train.amp)
         self.threads = int(tc.threads) if tc.threads else default_threads()
 
         frame_bytes = int(np.prod(stack.frame_shape)) * 5
@@ -297,7 +298,8 @@ class Trainer:
         return tot / max(1, n)
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     # ---- models ---------------------------------------------------------------------------------------
     def _model(self, net: torch.nn.Module | None = None) -> DenoiserModel:
@@ -360,6 +362,11 @@ class Trainer:
             raise XRDError(f"{self.checkpoint}: checkpoint was made with a different method or model; cannot resume")
         return d
 
+    def _eta(self, steps_done: int, steps_left: int, elapsed_s: float, budget_s: float) -> float:
+        """Seconds left: the remaining steps at this session's pace, or the time budget's rest if sooner."""
+        eta = (time.monotonic() - self._t0) / max(1, steps_done) * max(0, steps_left)
+        return min(eta, max(0.0, budget_s - elapsed_s)) if budget_s > 0 else eta
+
     def _elapsed(self) -> float:
         return self._elapsed0 + (time.monotonic() - self._t0)
 
@@ -405,7 +412,8 @@ class Trainer:
         name = cfg.method.name
         if isinstance(self.method, CombinesWithSplit) and self.method.split:
             name += " + binomial split"
-        return f"{name} on {self.device}, {self.train_frames.size} training frame(s)"
+        prec = {torch.float16: ", float16 mixed precision", torch.bfloat16: ", bfloat16 mixed precision"}.get(self.amp_dtype, "")
+        return f"{name} on {self.device}{prec}, {self.train_frames.size} training frame(s)"
 
     def _saw_batch(self, x: torch.Tensor) -> None:
         """Called with every training batch before its step."""
@@ -430,12 +438,13 @@ class Trainer:
                 raise XRDError("method.init_model: the saved model's architecture does not match this method") from None
         self.net = net = net.to(self.device)
         self._channels_last = fast_layout(net, int(cfg.data.ndim), self.device)
-        self.use_amp = bool(tc.amp and self.device.type == "cuda")
+        self.amp_dtype = amp_dtype(self.device, bool(tc.amp))
         opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         total = int(tc.epochs * tc.steps_per_epoch)
+        budget_s = float(tc.max_minutes or 0.0) * 60.0
         period = schedule_period(total, tc.restarts)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, period))
-        scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         self.history = {"train_loss": [], "val_loss": [], "lr": [], "loss_space": [], "epoch_s": [],
                         "best_epoch": None, "best_val": None, "method": cfg.method.name,
@@ -502,7 +511,7 @@ class Trainer:
                     stopped = "diverged"
                     break
                 losses.append(lv)
-                eta = (time.monotonic() - self._t0) / steps_done_now * (total - step)
+                eta = self._eta(steps_done_now, total - step, el, budget_s)
                 if step % step_every == 0:
                     self._emit("step", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total,
                                train_loss=float(np.mean(losses[-step_every:])), elapsed_s=el, eta_s=eta)
@@ -539,7 +548,7 @@ class Trainer:
             self.history["best_epoch"], self.history["best_val"] = int(best["epoch"]), float(best["val"])
             el = self._elapsed()
             self._emit("epoch", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total, train_loss=tr,
-                       val_loss=val, elapsed_s=el, eta_s=(time.monotonic() - self._t0) / max(1, steps_done_now) * (total - step))
+                       val_loss=val, elapsed_s=el, eta_s=self._eta(steps_done_now, total - step, el, budget_s))
             self._save_checkpoint(epoch, step, rng, opt, sched, scaler, best)
             if stopped == "time":
                 self._emit("message", message=f"time budget of {tc.max_minutes:g} min reached after epoch {epoch + 1}")
