@@ -1,4 +1,4 @@
-"""Time the default U-Net with the default (NCHW) and the channels-last memory layout.
+"""Time the default U-Net with the default (NCHW) and the channels-last memory layout, and in mixed precision.
 
 Prints the median of ``--repeats`` timings of
 
@@ -9,6 +9,11 @@ Prints the median of ``--repeats`` timings of
 
 for each layout and the ratio. The package uses channels-last for 2D networks on CPUs and CUDA
 (``models.channels_last``) and one frame per network call on a CPU (``model_file._run_network_once``).
+
+Then the channels-last network again under autocast to the reduced precision (bfloat16 on a CPU,
+float16 on CUDA; the loss in float32), with the ratio to float32, and whether this CPU computes
+bfloat16 natively (``devices.cpu_bf16_native``): only then does the trainer train in bfloat16
+(``train.amp``), since emulated bfloat16 is slower than float32.
 
 Usage::
 
@@ -24,6 +29,7 @@ import time
 import torch
 
 from napari_xrd_denoise.config import ModelConfig
+from napari_xrd_denoise.devices import amp_dtype, cpu_bf16_native
 from napari_xrd_denoise.models import build_model
 
 
@@ -37,6 +43,11 @@ def _median_time(fn, repeats: int, sync) -> float:
         sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def _forward(net, x, ctx):
+    with ctx():
+        return net(x)
 
 
 def main(argv=None) -> None:
@@ -55,8 +66,14 @@ def main(argv=None) -> None:
           f"median of {a.repeats}")
     rows = []
     default_threads = torch.get_num_threads()
-    for layout in ("NCHW", "channels-last"):
-        fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+    low = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    low_name = str(low).replace("torch.", "")
+    for layout, dtype in (("NCHW", None), ("channels-last", None), (f"c-last {low_name}", low)):
+        fmt = torch.contiguous_format if layout == "NCHW" else torch.channels_last
+
+        def ctx():
+            return torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
         torch.manual_seed(0)
         net = build_model(cfg, 2, in_channels=1).to(dev).to(memory_format=fmt)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -65,8 +82,9 @@ def main(argv=None) -> None:
 
         def step():
             opt.zero_grad(set_to_none=True)
-            out = net(x)
-            loss = ((out.reshape(t.shape) - t) ** 2).mean()
+            with ctx():
+                out = net(x)
+            loss = ((out.float().reshape(t.shape) - t) ** 2).mean()
             loss.backward()
             opt.step()
 
@@ -80,15 +98,20 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             for b in (1, 2, 4):
                 xi = torch.randn(b, 1, a.frame, a.frame, device=dev).contiguous(memory_format=fmt)
-                inf[b] = _median_time(lambda: net(xi), a.repeats, sync) / b
+                inf[b] = _median_time(lambda: _forward(net, xi, ctx), a.repeats, sync) / b
         rows.append((layout, ts, inf))
         print(f"{layout:>14}: training step {ts * 1e3:7.1f} ms ({a.batch}x{a.patch}x{a.patch}, "
               f"{a.train_threads if dev.type == 'cpu' else '-'} thread(s)); inference per frame "
               + ", ".join(f"batch {b}: {v * 1e3:.1f} ms" for b, v in inf.items()))
-    (_, t0, i0), (_, t1, i1) = rows
+    (_, t0, i0), (_, t1, i1), (_, t2, i2) = rows
     print(f"channels-last speed-up: training x{t0 / t1:.2f}; inference "
           + ", ".join(f"batch {b} x{i0[b] / i1[b]:.2f}" for b in i0)
           + f"; best CPU/GPU choice per frame: {min(i1, key=i1.get)} frame(s) per call")
+    chosen = amp_dtype(dev, True)
+    print(f"{low_name} over float32 (channels-last): training x{t1 / t2:.2f}; inference "
+          + ", ".join(f"batch {b} x{i1[b] / i2[b]:.2f}" for b in i1)
+          + (f"; native bfloat16 on this CPU: {cpu_bf16_native()}" if dev.type == "cpu" else "")
+          + f"; the trainer's precision here: {str(chosen).replace('torch.', '') if chosen else 'float32'}")
 
 
 if __name__ == "__main__":

@@ -807,7 +807,7 @@ def machine_info() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
     from .devices import amp_dtype
 
-    info["cpu_amp"] = "bfloat16" if amp_dtype(torch.device("cpu")) == torch.bfloat16 else "none (float32)"
+    info["cpu_amp"] = "bfloat16 mixed" if amp_dtype(torch.device("cpu")) == torch.bfloat16 else "float32"
     try:
         info["load_start"] = round(os.getloadavg()[0], 2)
     except OSError:
