@@ -153,9 +153,15 @@ def test_even_split_of_a_frame_with_zeros_and_large_counts():
     a, b = split(frame, 0.5, rng=6)
     assert not a[:8].any() and not b[:8].any()
     np.testing.assert_array_equal(a + b, frame)
-    assert binomial._half(np.array([binomial.HALF_MAX_COUNT + 1]), rng) is None  # beyond: rng.binomial
-    big, rest = split(np.array([10_000, 3]), 0.5, rng=7)
-    assert big[0] + rest[0] == 10_000 and abs(big[0] - 5000) < 5 * 50
+    # a count beyond the bit-drawn range (a Bragg spot's peak) is drawn by rng.binomial, the rest by bits
+    big_n = binomial.HALF_MAX_COUNT * 20
+    n = np.array([big_n, 3, 0, 70] * 20_000)
+    a, b = split(n, 0.5, rng=7)
+    np.testing.assert_array_equal(a + b, n)
+    for v in (big_n, 3, 70):
+        sel = a[n == v]
+        assert abs(sel.mean() - v / 2) < 5 * np.sqrt(v / 4 / sel.size)
+        assert sel.var() == pytest.approx(v / 4, rel=0.05)
 
 
 def test_split_is_seeded_and_validates():

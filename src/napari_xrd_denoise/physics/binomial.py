@@ -46,21 +46,26 @@ def split(
     return a.astype(np.float32), (n - a).astype(np.float32)
 
 
-#: Largest count that :func:`_half` draws bit by bit (8 words of 64 fair bits); above it, ``rng.binomial``.
+#: Largest count that :func:`_half` draws bit by bit (8 words of 64 fair bits); larger ones (rare: the
+#: peaks of Bragg spots) are drawn by ``rng.binomial``.
 HALF_MAX_COUNT = 512
 
 
 def _half(n: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """``Binomial(n, 1/2)`` for non-negative int64 counts ``n``, exactly: the number of ones among ``n``
-    fair random bits (64 per draw of a uint64, masked to the bits still owed, counted by popcount).
-    About three times faster than ``rng.binomial`` at 100 counts per pixel, and more where most pixels
-    hold no count (they are skipped); it matters because training splits every patch afresh. None when numpy lacks ``bitwise_count`` (numpy < 2)
-    or a count exceeds :data:`HALF_MAX_COUNT`."""
-    if not hasattr(np, "bitwise_count") or (n.size and int(n.max()) > HALF_MAX_COUNT):
+    fair random bits (64 per draw of a uint64, masked to the bits still owed, counted by popcount);
+    counts above :data:`HALF_MAX_COUNT` by ``rng.binomial``. About three times faster than
+    ``rng.binomial`` at 100 counts per pixel, and more where most pixels hold no count (they are
+    skipped); it matters because training splits every patch afresh. None when numpy lacks
+    ``bitwise_count`` (numpy < 2)."""
+    if not hasattr(np, "bitwise_count"):
         return None
     flat = n.reshape(-1)
     out = np.zeros(flat.shape, dtype=np.int64)
-    idx = np.flatnonzero(flat)
+    big = np.flatnonzero(flat > HALF_MAX_COUNT)
+    if big.size:
+        out[big] = rng.binomial(flat[big], 0.5)
+    idx = np.flatnonzero((flat > 0) & (flat <= HALF_MAX_COUNT))
     left = flat[idx]
     while idx.size:
         k = np.minimum(left, 64).astype(np.uint64)
