@@ -49,6 +49,7 @@ def split(
 #: Largest count that :func:`_half` draws bit by bit (8 words of 64 fair bits); larger ones (rare: the
 #: peaks of Bragg spots) are drawn by ``rng.binomial``.
 HALF_MAX_COUNT = 512
+_ALL_BITS = np.uint64(np.iinfo(np.uint64).max)
 
 
 def _half(n: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
@@ -68,12 +69,9 @@ def _half(n: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     idx = np.flatnonzero((flat > 0) & (flat <= HALF_MAX_COUNT))
     left = flat[idx]
     while idx.size:
-        k = np.minimum(left, 64).astype(np.uint64)
-        bits = rng.integers(0, np.iinfo(np.uint64).max, size=idx.size, dtype=np.uint64, endpoint=True)
-        # the low k bits: 2**k - 1, written so that k == 64 does not shift by the word size
-        mask = np.where(k == 64, np.uint64(np.iinfo(np.uint64).max),
-                        (np.uint64(1) << np.minimum(k, np.uint64(63))) - np.uint64(1))
-        out[idx] += np.bitwise_count(bits & mask)
+        k = np.minimum(left, 64).astype(np.uint64)  # 1..64 bits owed in this word
+        bits = rng.integers(0, _ALL_BITS, size=idx.size, dtype=np.uint64, endpoint=True)
+        out[idx] += np.bitwise_count(bits & (_ALL_BITS >> (np.uint64(64) - k)))  # its low k bits
         left = left - k.astype(np.int64)
         more = left > 0
         idx, left = idx[more], left[more]
