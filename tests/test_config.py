@@ -82,3 +82,9 @@ def test_cli_flags_and_config_file_make_one_config(tmp_path):
     for flag, want in (("--no-amp", False), ("--amp", True)):
         args = build_parser().parse_args(["train", "in.h5", "-m", "m.pt", "--config", str(cfile), flag])
         assert config_from_args(args).train.amp is want
+
+
+def test_stem_width_flag():
+    assert Config().model.stem_width == 0  # auto
+    args = build_parser().parse_args(["train", "in.h5", "-m", "m.pt", "--stem-width", "24"])
+    assert config_from_args(args).model.stem_width == 24

@@ -57,6 +57,26 @@ def test_unet_depth_and_width_from_config():
     assert small.inc.c1.out_channels == 8 and wide.inc.c1.out_channels == 16
 
 
+def test_stem_width_widens_only_the_first_convolution_for_many_input_channels():
+    from napari_xrd_denoise.models import stem_channels
+
+    cfg = ModelConfig(arch="unet", depth=2, width=8)
+    # auto: max(width, 2 x channels), at most 4 x width
+    assert [stem_channels(cfg, c) for c in (1, 3, 4, 5, 9, 25)] == [8, 8, 8, 10, 18, 32]
+    assert stem_channels(ModelConfig(width=8, stem_width=12), 9) == 12
+    one, nine = build_model(cfg, 2, in_channels=1), build_model(cfg, 2, in_channels=9)
+    assert (one.inc.c1.out_channels, one.inc.c2.in_channels) == (8, 8)
+    assert (nine.inc.c1.in_channels, nine.inc.c1.out_channels, nine.inc.c2.in_channels, nine.inc.c2.out_channels) == (9, 18, 18, 8)
+    # nothing after the first block changes
+    rest = [(n, tuple(p.shape)) for n, p in one.named_parameters() if not n.startswith("inc.")]
+    assert rest == [(n, tuple(p.shape)) for n, p in nine.named_parameters() if not n.startswith("inc.")]
+    assert build_model(ModelConfig(arch="unet", depth=2, width=8, stem_width=12), 2).inc.c1.out_channels == 12
+    from napari_xrd_denoise.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="model.stem_width"):
+        Config().replace(stem_width=-1)
+
+
 def test_padding_reflects_and_is_cropped_back():
     x = torch.arange(10.0).view(1, 1, 10)
     xp, sizes = pad_to_multiple(x, 8, 1)

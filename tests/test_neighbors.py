@@ -231,8 +231,9 @@ def _short_training(scan_shape, dose, seed, **cfg_kw):
         return 20 * np.log10(np.sqrt(truth[valid]).max() / np.sqrt(np.mean(e**2)))
 
     cfg_kw.setdefault("combine_split", False)  # the plain blind-spot mode unless a test asks
-    cfg = Config().replace(method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48,
-                           width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1, threads=1, **cfg_kw)
+    kw = dict(method__name="neighbors", epochs=4, steps_per_epoch=20, train__batch_size=4, patch_size=48,
+              width=12, depth=2, lr=3e-3, val_fraction=0.1, patience=0, seed=1, threads=1)
+    cfg = Config().replace(**{**kw, **cfg_kw})
     tr = Trainer(cfg, stack)
     return tr, tr.run(), scan, stack, valid, psnr
 
@@ -259,6 +260,37 @@ def test_short_training_with_the_split_centre_beats_raw_and_keeps_counts():
     tr, model, scan, stack, valid, psnr = _short_training((5, 5), "mid", 6, combine_split=True, neighbors=4)
     assert tr.history["loss_space"] == ["poisson"] * 4
     _check_denoised(model, scan, stack, valid, psnr)
+
+
+def test_the_first_convolution_is_widened_for_the_neighbour_channels_and_old_files_still_load():
+    """8 neighbours and the centre frame's half are 9 input channels: the trainer saves the stem width it
+    chose (18 here), and a model file written before ``model.stem_width`` existed loads with its own first
+    block (``width`` channels) and gives that network's outputs."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from napari_xrd_denoise.model_file import DenoiserModel
+    from napari_xrd_denoise.models import build_model
+
+    tr, model, scan, stack, valid, psnr = _short_training((3, 5), "mid", 3, combine_split=True, epochs=1,
+                                                          steps_per_epoch=2)
+    mc = model.config.model
+    assert (mc.in_channels, mc.width, mc.stem_width) == (9, 12, 18)
+    assert (model.net.inc.c1.out_channels, model.net.inc.c2.in_channels, model.net.inc.c2.out_channels) == (18, 18, 12)
+    d = model.to_dict()
+    assert DenoiserModel.from_dict(d, device="cpu").net.inc.c1.out_channels == 18
+
+    old_cfg = json.loads(d["config"])
+    del old_cfg["model"]["stem_width"]
+    torch.manual_seed(0)
+    old_net = build_model(dataclasses.replace(mc, stem_width=mc.width), 2, in_channels=9)
+    loaded = DenoiserModel.from_dict(dict(d, config=json.dumps(old_cfg), state_dict=old_net.state_dict()), device="cpu")
+    assert loaded.net.inc.c1.out_channels == 12
+    x = torch.randn(1, 9, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x), old_net(x))
 
 
 # --------------------------------------------------------------------------------------------------

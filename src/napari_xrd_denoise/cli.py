@@ -49,6 +49,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "arch": ("model", "arch", str),
     "depth": ("model", "depth", int),
     "width": ("model", "width", int),
+    "stem_width": ("model", "stem_width", int),
     "epochs": ("train", "epochs", int),
     "steps": ("train", "steps_per_epoch", int),
     "batch_size": ("train", "batch_size", int),
@@ -118,6 +119,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help="unet or dncnn")
     g.add_argument("--depth", type=int, help="U-Net depth")
     g.add_argument("--width", type=int, help="network width (channels of the first level)")
+    g.add_argument("--stem-width", type=int,
+                   help="U-Net: channels of the first convolution (0 = auto: twice the input channels, at least --width)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--steps", type=int, help="optimiser steps per epoch")
     g.add_argument("--batch-size", type=int)

@@ -87,6 +87,7 @@ class ModelConfig:
     arch: str = "unet"
     depth: int = 3
     width: int = 8
+    stem_width: int = 0  # U-Net: channels of the first convolution; 0 = auto (max(width, 2 x input channels), at most 4 x width)
     residual: bool = True
     dncnn_layers: int = 8
     in_channels: int = 1  # set by the method (e.g. 8 for neighbors)
@@ -203,6 +204,7 @@ class Config:
         _range("method.cycles", m.cycles, 1, 50)
         _range("model.depth", mo.depth, 1, 6)
         _range("model.width", mo.width, 2, 512)
+        _range("model.stem_width", mo.stem_width, 0, 2048)
         _range("model.dncnn_layers", mo.dncnn_layers, 2, 40)
         _range("train.epochs", t.epochs, 1, 100000)
         _range("train.steps_per_epoch", t.steps_per_epoch, 1, 10**7)

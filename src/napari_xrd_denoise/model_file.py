@@ -310,7 +310,10 @@ class DenoiserModel:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise XRDError(f"{label}: not a napari-xrd-denoise model file")
         try:
-            config = Config.from_dict(json.loads(d["config"]))
+            saved = json.loads(d["config"])
+            config = Config.from_dict(saved)
+            if "stem_width" not in (saved.get("model") or {}):
+                config.model.stem_width = config.model.width  # files from before model.stem_width
             norm = dict(d["norm"])
             history = json.loads(d.get("history") or "{}")
             in_ch = get_method(config.method.name)(config, norm=Normalizer.from_dict(norm)).in_channels

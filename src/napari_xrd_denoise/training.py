@@ -41,7 +41,7 @@ from .methods.base import (
     stack_arrays,
 )
 from .model_file import DenoiserModel
-from .models import build_model
+from .models import build_model, stem_channels
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class Trainer:
         self.method.attach(self.source, self.ref_source)
         cfg.model.in_channels = int(self.method.in_channels)
         cfg.model.residual_channel = self.method.residual_channel
+        if cfg.model.arch == "unet":
+            cfg.model.stem_width = stem_channels(cfg.model, cfg.model.in_channels)  # saved as a number
         self.residual_note = ""
         if cfg.model.residual and not self.method.allow_residual:
             cfg.model.residual = False

@@ -9,7 +9,27 @@ from ..config import ModelConfig
 from .dncnn import DnCNN
 from .unet import UNet
 
-__all__ = ["UNet", "DnCNN", "build_model", "count_parameters", "channels_last", "fast_layout", "as_layout"]
+__all__ = ["UNet", "DnCNN", "build_model", "stem_channels", "count_parameters", "channels_last", "fast_layout", "as_layout"]
+
+
+#: the automatic U-Net stem width is at most this many times ``model.width``
+STEM_CAP = 4
+
+
+def stem_channels(cfg: ModelConfig, in_channels: int) -> int:
+    """Channels of the U-Net's first convolution: ``model.stem_width``, or for 0 (auto)
+    ``max(width, 2 * in_channels)`` capped at ``STEM_CAP * width``.
+
+    Single-frame methods (1 channel) and the symmetry split (3) keep ``width``; the neighbour blind spot
+    with 8 neighbours and the centre frame's half (9 channels) gets 18. Measured on the synthetic 4x4
+    high-dose scan of docs/benchmarks.md, 60 s of training: 8 channels there (the first convolution
+    squeezing 9 inputs into 8 features) scored 47.21-47.76 dB, 16 channels 48.27-48.40 dB at the same
+    number of epochs (docs/methods.md).
+    """
+    if int(cfg.stem_width) > 0:
+        return int(cfg.stem_width)
+    w = int(cfg.width)
+    return int(max(w, min(STEM_CAP * w, 2 * int(in_channels))))
 
 
 def build_model(cfg: ModelConfig, ndim: int, in_channels: int | None = None) -> nn.Module:
@@ -20,7 +40,7 @@ def build_model(cfg: ModelConfig, ndim: int, in_channels: int | None = None) -> 
     residual_channel = cfg.residual_channel
     if cfg.arch == "unet":
         return UNet(ndim=ndim, in_channels=cin, depth=int(cfg.depth), width=int(cfg.width), residual=bool(cfg.residual),
-                    residual_channel=residual_channel)
+                    residual_channel=residual_channel, stem_width=stem_channels(cfg, cin))
     if cfg.arch == "dncnn":
         return DnCNN(ndim=ndim, in_channels=cin, layers=int(cfg.dncnn_layers), width=int(cfg.width),
                      residual=bool(cfg.residual), residual_channel=residual_channel)

@@ -31,10 +31,13 @@ def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
 
 
 class _Block(nn.Module):
-    def __init__(self, ndim: int, cin: int, cout: int):
+    """Two 3x3 convolutions, ``cin -> hidden -> cout`` (``hidden`` defaults to ``cout``)."""
+
+    def __init__(self, ndim: int, cin: int, cout: int, hidden: int | None = None):
         super().__init__()
-        self.c1 = conv(ndim, cin, cout)
-        self.c2 = conv(ndim, cout, cout)
+        hidden = int(hidden or cout)
+        self.c1 = conv(ndim, cin, hidden)
+        self.c2 = conv(ndim, hidden, cout)
         self.act = nn.LeakyReLU(0.1, inplace=True)
 
     def forward(self, x):
@@ -61,6 +64,10 @@ def residual_base(x: torch.Tensor, channel: int | None) -> torch.Tensor:
 class UNet(nn.Module):
     """U-Net with ``depth`` poolings and ``width * 2**level`` channels (capped at ``16 * width``).
 
+    ``stem_width``: channels between the two convolutions of the first block (default ``width``). Inputs
+    of many channels (a frame's scan neighbours) need more than ``width`` there: the first convolution
+    would otherwise squeeze nine measurements into eight features before anything else sees them.
+
     ``residual``: the output is the mean of the input channels (or input channel ``residual_channel``
     alone, for inputs whose channels are not all measurements of the output) plus the network's
     correction.
@@ -69,14 +76,15 @@ class UNet(nn.Module):
     """
 
     def __init__(self, ndim: int = 2, in_channels: int = 1, depth: int = 3, width: int = 16, residual: bool = True,
-                 residual_channel: int | None = None):
+                 residual_channel: int | None = None, stem_width: int | None = None):
         super().__init__()
         if ndim not in (1, 2):
             raise ValueError(f"ndim must be 1 or 2, got {ndim}")
         self.ndim, self.depth, self.residual, self.in_channels = ndim, depth, residual, in_channels
         self.residual_channel = residual_base_channel(residual_channel, in_channels)
         ch = [min(width * 2**i, width * 16) for i in range(depth + 1)]
-        self.inc = _Block(ndim, in_channels, ch[0])
+        self.stem_width = int(stem_width or ch[0])
+        self.inc = _Block(ndim, in_channels, ch[0], hidden=self.stem_width)
         self.downs = nn.ModuleList(_Block(ndim, ch[i], ch[i + 1]) for i in range(depth))
         self.ups = nn.ModuleList(conv(ndim, ch[i + 1], ch[i], 1) for i in reversed(range(depth)))
         self.dec = nn.ModuleList(_Block(ndim, 2 * ch[i], ch[i]) for i in reversed(range(depth)))
