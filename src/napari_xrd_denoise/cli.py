@@ -120,7 +120,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int, help="U-Net depth")
     g.add_argument("--width", type=int, help="network width (channels of the first level)")
     g.add_argument("--stem-width", type=int,
-                   help="U-Net: channels of the first convolution (0 = auto: twice the input channels, at least --width)")
+                   help="U-Net: channels of the first convolution (0 = auto: twice the input channels, from --width to 4x --width)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--steps", type=int, help="optimiser steps per epoch")
     g.add_argument("--batch-size", type=int)

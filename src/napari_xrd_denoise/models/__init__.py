@@ -22,9 +22,9 @@ def stem_channels(cfg: ModelConfig, in_channels: int) -> int:
 
     Single-frame methods (1 channel) and the symmetry split (3) keep ``width``; the neighbour blind spot
     with 8 neighbours and the centre frame's half (9 channels) gets 18. Measured on the synthetic 4x4
-    high-dose scan of docs/benchmarks.md, 60 s of training: 8 channels there (the first convolution
-    squeezing 9 inputs into 8 features) scored 47.21-47.76 dB, 16 channels 48.27-48.40 dB at the same
-    number of epochs (docs/methods.md).
+    high-dose scan of docs/benchmarks.md, 60 s of training, seeds 0-2: 8 channels there (the first
+    convolution squeezing 9 inputs into 8 features) scored 47.76 / 46.97 / 47.21 dB, the automatic 18
+    channels 47.57 / 48.46 / 48.80 dB, with about 10 % fewer epochs (docs/methods.md).
     """
     if int(cfg.stem_width) > 0:
         return int(cfg.stem_width)
