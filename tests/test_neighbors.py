@@ -100,7 +100,7 @@ def test_input_never_contains_the_centre_frame(n):
     rng = np.random.default_rng(0)
     for i in range(15):
         arrays = m.load(i, src)
-        ids = arrays["context"][:, 0, 0].astype(int) - 1
+        ids = m.load_infer(i, src)["context"][:, 0, 0].astype(int) - 1
         assert ids.tolist() == table[i].tolist()
         assert i not in ids
         s = m.make_sample(arrays, rng, "poisson")
@@ -293,6 +293,80 @@ def test_the_first_convolution_is_widened_for_the_neighbour_channels_and_old_fil
         torch.testing.assert_close(loaded.net(x), old_net(x))
 
 
+def test_invalid_input_pixels_are_filled_from_their_own_channel_and_old_files_fill_nothing():
+    """A saturated disc in every neighbour frame: the network input there is the frame's own smooth
+    surroundings (a ramp continues across the disc), not the neutral 0; valid pixels are the plain network
+    scale; the centre frame's invalid pixels carry no loss weight and come out NaN; a model file written
+    before ``method.fill_invalid`` existed loads with the fill off."""
+    import json
+
+    from napari_xrd_denoise.methods.base import fill_invalid
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    ramp = 20.0 + 2.0 * xx  # counts
+    disc = (yy - 16) ** 2 + (xx - 12) ** 2 <= 16
+    frames = np.stack([np.rint(ramp * (1.0 + 0.1 * k)) for k in range(9)]).astype(np.uint32)
+    frames[:, disc] = np.iinfo(np.uint32).max  # invalid (saturated) in every frame
+    stack = ScanStack.from_array(frames.reshape(3, 3, 32, 32))
+    for fill in (True, False):
+        m = _method(neighbors=8, fill_invalid=fill)
+        m.check(stack)
+        src = FrameSource(stack)
+        m.attach(src)
+        arrays = m.load(4, src)
+        s = m.make_sample(arrays, np.random.default_rng(0), "mse")
+        assert s.input.shape == (8, 32, 32) and not s.weight[disc].any() and s.weight[~disc].all()
+        raw = m.load_infer(4, src)
+        plain = m.norm.to_net(raw["context"], raw["context_valid"])
+        np.testing.assert_array_equal(s.input[:, ~disc], plain[:, ~disc])
+        if not fill:
+            assert np.all(s.input[:, disc] == 0.0)
+            continue
+        # each channel continues its own ramp across the disc: within 10 % of the true value (the neutral
+        # 0 is 100 % off here) and growing with x as the ramp does
+        for ch, k in enumerate(m.neighbors_of(4, src)):
+            want = m.norm.to_net(ramp * (1.0 + 0.1 * k), np.ones((32, 32), bool))
+            err = np.abs(s.input[ch][disc] - want[disc])
+            assert err.max() < 0.1 * np.abs(want[disc]).min(), (ch, err.max())
+            row = s.input[ch][16, 8:17]
+            assert np.all(np.diff(row) > 0)
+
+    z = np.stack([np.full((8, 8), -3.0), np.full((8, 8), 5.0)]).astype(np.float32)
+    v = np.ones_like(z, bool)
+    v[0, 2:5, 2:5] = False
+    v[1] = False  # a channel without one valid pixel keeps the neutral 0
+    f = fill_invalid(z, v, 2)
+    np.testing.assert_allclose(f[0], -3.0, rtol=1e-5)
+    assert np.all(f[1] == 0.0)
+
+    tr, model, *_ = _short_training((3, 5), "mid", 3, combine_split=True, epochs=1, steps_per_epoch=2)
+    assert model.config.method.fill_invalid is True
+    from napari_xrd_denoise.model_file import DenoiserModel
+
+    d = model.to_dict()
+    old_cfg = json.loads(d["config"])
+    del old_cfg["method"]["fill_invalid"]
+    assert DenoiserModel.from_dict(dict(d, config=json.dumps(old_cfg)), device="cpu").config.method.fill_invalid is False
+    assert DenoiserModel.from_dict(d, device="cpu").config.method.fill_invalid is True
+
+
+def test_the_blind_spot_channel_is_never_filled():
+    """With ``combine_n2s`` the centre frame's channel holds hidden pixels: filling its invalid pixels from
+    their surroundings would carry hidden values into the input, so that channel keeps the neutral 0."""
+    frames = np.full((9, 16, 16), 7, np.uint16)
+    frames[:, 5:8, 5:8] = np.iinfo(np.uint16).max
+    stack = ScanStack.from_array(frames.reshape(3, 3, 16, 16))
+    m = _method(neighbors=8, combine_n2s=True, replace="zero")
+    m.check(stack)
+    src = FrameSource(stack)
+    m.attach(src)
+    bad = np.zeros((16, 16), bool)
+    bad[5:8, 5:8] = True
+    s = m.make_sample(m.load(4, src), np.random.default_rng(1), "mse")
+    assert np.all(s.input[-1][bad] == 0.0)
+    assert np.allclose(s.input[:-1][:, bad], m.norm.to_net(np.full(1, 7.0), None)[0], atol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------------
 # leak-free refinement
 # --------------------------------------------------------------------------------------------------
@@ -435,3 +509,12 @@ def test_combine_split_is_the_default_for_counts_but_not_with_refinement():
     assert m.mc.combine_split is False and m.in_channels == 8 and m.residual_channel is None
     with pytest.raises(XRDError, match="method.cycles"):
         method(cycles=3, combine_split=True).check(ints)
+
+
+def test_the_fill_is_on_by_default_and_the_cli_turns_it_off():
+    from napari_xrd_denoise import cli
+
+    p = cli.build_parser()
+    base = ["denoise", "scan.h5", "-o", "out.h5", "--method", "neighbors"]
+    assert cli.config_from_args(p.parse_args(base)).method.fill_invalid is True
+    assert cli.config_from_args(p.parse_args(base + ["--no-fill-invalid"])).method.fill_invalid is False

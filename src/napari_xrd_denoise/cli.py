@@ -44,6 +44,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "partner_interp": ("method", "partner_interp", str),
     "warmup_epochs": ("method", "warmup_epochs", int),
     "cycles": ("method", "cycles", int),
+    "fill_invalid": ("method", "fill_invalid", bool),
     "reference": ("method", "reference", str),
     "init_model": ("method", "init_model", str),
     "arch": ("model", "arch", str),
@@ -114,6 +115,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--neighbors", type=int, choices=(4, 8, 24), help="neighbour frames for the neighbors method")
     g.add_argument("--warmup-epochs", type=int, help="neighbors: MSE epochs before the Poisson loss")
     g.add_argument("--cycles", type=int, help="iterative refinement cycles (neighbors)")
+    g.add_argument("--no-fill-invalid", dest="fill_invalid", action="store_const", const=False,
+                   help="neighbors: feed invalid pixels of the input frames as the neutral 0 instead of filling "
+                        "them from their valid surroundings")
     g.add_argument("--reference", help="paired high-SNR frames for --method supervised")
     g.add_argument("--init-model", help="fine-tune from this model file")
     g.add_argument("--arch", help="unet or dncnn")

@@ -314,6 +314,8 @@ class DenoiserModel:
             config = Config.from_dict(saved)
             if "stem_width" not in (saved.get("model") or {}):
                 config.model.stem_width = config.model.width  # files from before model.stem_width
+            if "fill_invalid" not in (saved.get("method") or {}):
+                config.method.fill_invalid = False  # files from before method.fill_invalid were trained on 0s
             norm = dict(d["norm"])
             history = json.loads(d.get("history") or "{}")
             in_ch = get_method(config.method.name)(config, norm=Normalizer.from_dict(norm)).in_channels

@@ -22,8 +22,8 @@ network's output scale.
 
 Scales. The network works on the *network scale*: the variance-stabilised value (``DataConfig.transform``,
 default Anscombe) standardised by the :class:`Normalizer` (mean, std from valid pixels; stored in the
-model file). Invalid pixels get the neutral value 0 (the global mean) in inputs, weight 0 in losses and
-NaN in outputs. The loss space is either
+model file). Invalid pixels get the neutral value 0 (the global mean) in inputs (methods may fill them from
+their valid surroundings instead, :func:`fill_invalid`), weight 0 in losses and NaN in outputs. The loss space is either
 
 * ``"mse"``: target on the network scale, weighted MSE; outputs go back to counts with the exact
   unbiased inverse of the transform (the network estimates ``E[A(x)]``), then divided by
@@ -351,6 +351,43 @@ def random_mask(shape: tuple[int, ...], fraction: float, rng: np.random.Generato
 
 _INTERP_2D = np.array([[0.5, 1.0, 0.5], [1.0, 0.0, 1.0], [0.5, 1.0, 0.5]], dtype=np.float32)
 _INTERP_1D = np.array([1.0, 0.0, 1.0], dtype=np.float32)
+
+
+#: Gaussian widths (pixels) of the successive normalised-convolution passes of :func:`fill_invalid`
+FILL_SIGMAS = (2.0, 8.0)
+
+
+def fill_invalid(z: np.ndarray, valid: np.ndarray, ndim: int, sigmas: tuple[float, ...] = FILL_SIGMAS) -> np.ndarray:
+    """Network-scale input ``z`` with its invalid pixels filled from the valid pixels around them.
+
+    Normalised convolution over the last ``ndim`` axes (each leading index, e.g. each neighbour channel,
+    is filled from itself only): an invalid pixel gets ``G*(v z) / G*v`` for a Gaussian ``G`` of width
+    ``sigmas[0]``, where that has support (``G*v > 1e-3``); pixels still empty try the next, wider
+    width, filling from the valid and already filled pixels; whatever is left (no valid pixel within
+    reach) keeps the neutral 0. Valid pixels are returned unchanged. The fill only shapes the network
+    *input* near gaps, dead pixels and saturated regions (a constant 0 there is a sharp artificial edge
+    the network must learn to ignore); such pixels never enter a loss and stay NaN in the output.
+    Methods whose input channel carries hidden (blind-spot) pixels must not fill that channel: a filled
+    pixel next to a hidden one would carry its value.
+    """
+    z = np.asarray(z, dtype=np.float32)
+    v = np.broadcast_to(np.asarray(valid, dtype=bool), z.shape)
+    if v.all():
+        return z
+    lead = z.ndim - int(ndim)
+    out = np.where(v, z, np.float32(0.0)).astype(np.float32)
+    known = v.copy()
+    for s in sigmas:
+        if known.all():
+            break
+        sig = (0.0,) * lead + (float(s),) * int(ndim)
+        k = known.astype(np.float32)
+        num = ndimage.gaussian_filter(out * k, sig, mode="reflect")
+        den = ndimage.gaussian_filter(k, sig, mode="reflect")
+        new = ~known & (den > 1e-3)
+        out[new] = num[new] / den[new]
+        known |= new
+    return out
 
 
 def replace_hidden(

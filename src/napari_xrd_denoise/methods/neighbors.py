@@ -48,7 +48,9 @@ from ..config import InferConfig
 from ..errors import XRDError
 from ..io.stack import ScanStack
 from ..physics.neighbors import neighbor_indices
-from .base import CombinesWithSplit, FrameSource, Method, Run, Sample, flip_tta, grid_mask, n_phases, replace_hidden
+from .base import (
+    CombinesWithSplit, FrameSource, Method, Run, Sample, fill_invalid, flip_tta, grid_mask, n_phases, replace_hidden,
+)
 from .symmetry import LoadCache
 
 MEAN_WEIGHT = 0.02
@@ -206,12 +208,21 @@ class NeighborScan(CombinesWithSplit, Method):
         return {"counts": c, "valid": v, "context": np.asarray(ctx, dtype=np.float32),
                 "context_valid": np.asarray(cv, dtype=bool)}
 
+    def net(self, counts: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Counts -> network scale for an input channel that hides nothing (the neighbours, the centre
+        frame's binomial half): invalid pixels filled from their valid surroundings with
+        ``method.fill_invalid`` (:func:`fill_invalid`), else the neutral 0."""
+        z = self.norm.to_net(counts, valid)
+        return fill_invalid(z, valid, self.ndim) if self.mc.fill_invalid else z
+
     def load(self, index: int, source: FrameSource) -> dict[str, np.ndarray]:
-        """Training arrays (cached: the trainer draws several patches from the same frames)."""
+        """Training arrays (cached: the trainer draws several patches from the same frames). The context
+        is kept on the network scale (``"context_net"``), filled over the full frame, not per patch."""
         key = (id(source), id(self.context_provider), int(index))
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._arrays(index, source)
+            a = self._arrays(index, source)
+            hit = {"counts": a["counts"], "valid": a["valid"], "context_net": self.net(a["context"], a["context_valid"])}
             self._cache.put(key, hit)
         return hit
 
@@ -220,7 +231,7 @@ class NeighborScan(CombinesWithSplit, Method):
 
     def make_sample(self, arrays, rng, space) -> Sample:
         c, v = arrays["counts"], arrays["valid"]
-        x = self.norm.to_net(arrays["context"], arrays["context_valid"])
+        x = arrays["context_net"]
         weight = v
         if self.split:
             from ..physics.binomial import split
@@ -229,7 +240,7 @@ class NeighborScan(CombinesWithSplit, Method):
             pa, pb = self.p, 1.0 - self.p
             if rng.random() < 0.5:
                 a, b, pa, pb = b, a, pb, pa
-            x = np.concatenate([x, self.norm.to_net(a / np.float32(pa), v)[None]], axis=0)
+            x = np.concatenate([x, self.net(a / np.float32(pa), v)[None]], axis=0)
             return Sample(x.astype(np.float32), self.target_from_counts(b, v, space), v.astype(np.float32), scale=pb)
         if self.mc.combine_n2s:
             w = int(self.mc.mask_width)
@@ -242,7 +253,7 @@ class NeighborScan(CombinesWithSplit, Method):
 
     # ---- inference ---------------------------------------------------------------------------------
     def net_input(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        x = self.norm.to_net(batch["context"], batch["context_valid"])
+        x = self.net(batch["context"], batch["context_valid"])
         if self.mc.combine_n2s:
             x = np.concatenate([x, self.norm.to_net(batch["counts"], batch["valid"])[:, None]], axis=1)
         return x.astype(np.float32)
@@ -252,12 +263,12 @@ class NeighborScan(CombinesWithSplit, Method):
             return super().denoise(run, batch, infer)
         from .n2n import split_halves
 
-        ctx = self.norm.to_net(batch["context"], batch["context_valid"])
+        ctx = self.net(batch["context"], batch["context_valid"])
         n = self.split_pass_count(infer)
 
         def net_input(k: int) -> np.ndarray:
             half = split_halves(batch["counts"], batch["valid"], self.p, k, complementary=True)
-            return np.concatenate([ctx, self.norm.to_net(half, batch["valid"][:, None])], axis=1).astype(np.float32)
+            return np.concatenate([ctx, self.net(half, batch["valid"][:, None])], axis=1).astype(np.float32)
 
         return self.averaged_passes(run, batch, infer, n, net_input)
 
