@@ -78,7 +78,7 @@ class MethodConfig:
     neighbors: int = 8  # 4, 8 or 24
     cycles: int = 1  # iterative refinement cycles
     warmup_epochs: int = 2  # MSE warm-up before the Poisson loss
-    fill_invalid: bool = True  # neighbors: invalid input pixels filled from valid surroundings (0 = off; methods/base.fill_invalid)
+    fill_invalid: bool = True  # neighbors: invalid input pixels filled from their valid surroundings (methods/base.fill_invalid); False: the neutral 0
     # pretrained reuse
     init_model: str | None = None  # fine-tune from this model file
 

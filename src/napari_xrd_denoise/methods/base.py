@@ -22,8 +22,9 @@ network's output scale.
 
 Scales. The network works on the *network scale*: the variance-stabilised value (``DataConfig.transform``,
 default Anscombe) standardised by the :class:`Normalizer` (mean, std from valid pixels; stored in the
-model file). Invalid pixels get the neutral value 0 (the global mean) in inputs (methods may fill them from
-their valid surroundings instead, :func:`fill_invalid`), weight 0 in losses and NaN in outputs. The loss space is either
+model file). Invalid pixels get the neutral value 0 (the global mean) in inputs (methods may fill them
+from their valid surroundings instead, :func:`fill_invalid`), weight 0 in losses and NaN in outputs. The
+loss space is either
 
 * ``"mse"``: target on the network scale, weighted MSE; outputs go back to counts with the exact
   unbiased inverse of the transform (the network estimates ``E[A(x)]``), then divided by
