@@ -338,6 +338,13 @@ def test_invalid_input_pixels_are_filled_from_their_own_channel_and_old_files_fi
     f = fill_invalid(z, v, 2)
     np.testing.assert_allclose(f[0], -3.0, rtol=1e-5)
     assert np.all(f[1] == 0.0)
+    # 1D frames (spectra): filled along the last axis only, each row from itself
+    s1 = np.stack([np.linspace(0.0, 1.0, 64), np.full(64, 2.0)]).astype(np.float32)
+    v1 = np.ones_like(s1, bool)
+    v1[:, 30:34] = False
+    f1 = fill_invalid(s1, v1, 1)
+    np.testing.assert_allclose(f1[1], 2.0, rtol=1e-5)
+    assert np.all(np.abs(f1[0, 30:34] - s1[0, 30:34]) < 0.05) and np.array_equal(f1[v1], s1[v1])
 
     tr, model, *_ = _short_training((3, 5), "mid", 3, combine_split=True, epochs=1, steps_per_epoch=2)
     assert model.config.method.fill_invalid is True
