@@ -382,9 +382,8 @@ def fill_invalid(z: np.ndarray, valid: np.ndarray, ndim: int, sigmas: tuple[floa
         if known.all():
             break
         sig = (0.0,) * lead + (float(s),) * int(ndim)
-        k = known.astype(np.float32)
-        num = ndimage.gaussian_filter(out * k, sig, mode="reflect")
-        den = ndimage.gaussian_filter(k, sig, mode="reflect")
+        num = ndimage.gaussian_filter(out, sig, mode="reflect")  # out is 0 wherever not yet known
+        den = ndimage.gaussian_filter(known.astype(np.float32), sig, mode="reflect")
         new = ~known & (den > 1e-3)
         out[new] = num[new] / den[new]
         known |= new

@@ -106,28 +106,22 @@ def adjacent_correlation(frames: np.ndarray, valid: np.ndarray | None = None, fr
         xv, vv = np.where(v, x, 0.0).reshape(fr), v.reshape(fr)
         mean = xv.sum(0) / np.maximum(vv.sum(0), 1)
         local = ndimage.uniform_filter(mean, 9, mode="nearest")
+        seen = vv.any(0)
         cut = float(dark_below)
-        if vv.any(0).any():
-            cut = max(cut, float(np.median(local[vv.any(0)])))
+        if seen.any():
+            cut = max(cut, float(np.median(local[seen])))
         dark = ~ndimage.binary_dilation(local > 2.0 * cut, iterations=4)
         v = v & dark
     out = []
     for ax in range(x.ndim - nd, x.ndim):
-        n = x.shape[ax]
-        if n < 4:
+        if x.shape[ax] < 4:
             out.append(float("nan"))
             continue
-
-        def sl(a, b, arr, ax=ax):
-            idx = [slice(None)] * arr.ndim
-            idx[ax] = slice(a, b)
-            return arr[tuple(idx)]
-
-        d = sl(0, n - 2, x) - 2.0 * sl(1, n - 1, x) + sl(2, n, x)
-        ok = sl(0, n - 2, v) & sl(1, n - 1, v) & sl(2, n, v)
-        m = d.shape[ax]
-        a, b = sl(0, m - 1, d), sl(1, m, d)
-        both = sl(0, m - 1, ok) & sl(1, m, ok)
+        d = np.moveaxis(np.diff(x, n=2, axis=ax), ax, -1)  # second differences along this axis, last
+        va = np.moveaxis(v, ax, -1)
+        ok = va[..., :-2] & va[..., 1:-1] & va[..., 2:]
+        a, b = d[..., :-1], d[..., 1:]
+        both = ok[..., :-1] & ok[..., 1:]
         if both.sum() < 1000:
             out.append(float("nan"))
             continue
