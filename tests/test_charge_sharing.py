@@ -2,7 +2,11 @@
 
 import numpy as np
 
+import pytest
+
+from napari_xrd_denoise.errors import XRDError
 from napari_xrd_denoise.physics.binomial import adjacent_correlation, split
+from napari_xrd_denoise.synthetic import charge_shared_counts
 
 
 def _shared(lam, q, rng):
@@ -12,6 +16,21 @@ def _shared(lam, q, rng):
     n = e.copy()
     n[..., 1:] += s[..., :-1]
     return n
+
+
+def test_simulated_charge_sharing_keeps_the_mean_and_gives_the_known_correlation():
+    rng = np.random.default_rng(3)
+    lam = np.full((4, 128, 128), 2.0)
+    n = charge_shared_counts(lam, 0.15, rng)
+    assert n[:, 1:, 1:].mean() == pytest.approx(2.0, rel=0.01)
+    # each pixel sums independent thinned Poisson streams (own events, shares from the left and above):
+    # still Poisson, variance = mean; only neighbours are correlated
+    assert n[:, 1:, 1:].var() == pytest.approx(2.0, rel=0.03)
+    ry, rx = adjacent_correlation(n)
+    assert ry == pytest.approx(0.15 / 1.3, abs=0.015) and rx == pytest.approx(0.15 / 1.3, abs=0.015)
+    assert np.allclose(adjacent_correlation(charge_shared_counts(lam, 0.0, rng)), 0.0, atol=0.02)
+    with pytest.raises(XRDError, match="q=1.5"):
+        charge_shared_counts(lam, 1.5, rng)
 
 
 def test_independent_counts_give_zero_and_shared_charge_its_known_correlation():

@@ -6,6 +6,9 @@ Quality suite (every number measured in this run, on this machine):
 * real LaB6 Pilatus frames binomially thinned to 5 % (reference: the *other* 95 % of the counts, scaled;
   it is independent of the input, unlike the full frame, which contains the input's own counts);
 * real 4D-STEM Merlin frames (a 2x4 scan) thinned the same way, for the neighbour method;
+* two draws of a simulated twin of that scan with a known mean (its frames' common pattern and fluxes,
+  its detector's charge sharing), thinned the same way: the methods scored against the truth, and the
+  thinned-reference estimate checked against it (it cannot rank methods on that scan; docs/methods.md);
 * the real XRF spectra: the first 4 of 32 repeats, reference the mean of all 32.
 
 Every project method that applies, the baselines of :mod:`baselines`, and CAREamics Noise2Void as a peer
@@ -45,6 +48,9 @@ MEMORY_SCRIPT = REPO / "benchmarks" / "memory_stream.py"
 REAL_DIR = REPO.parent / "shared" / "data" / "real"
 THIN_P = 0.05
 STEM_P = 0.25
+MERLIN = REAL_DIR / "merlin_4dstem" / "Merlin_navigation4x2_ROI.zip"
+MERLIN_TWIN_SIGMA = 1.0  # px: smoothing of the common pattern of the Merlin scan's simulated twin
+MERLIN_TWIN_SEEDS = (0, 1)  # two independent draws of the twin
 FULL_SCAN = (141, 121)
 PROJECT_METHODS = ("n2s", "n2v", "n2n-split", "symmetry", "neighbors")
 #: Extra rows: the founding (plain) form of the methods whose default combines with a binomial split,
@@ -704,19 +710,87 @@ def _add_mean_corrected(rows: list[dict[str, Any]]) -> None:
             r["psnr_sqrt_mean"] = mean_corrected(r["psnr_sqrt"], ideal["psnr_sqrt"])
 
 
+def _merlin_frames() -> tuple[np.ndarray, np.ndarray]:
+    """The real Merlin 2x4 scan: ``(counts (8, 256, 256), valid)``; saturated pixels invalid."""
+    from .io.readers import open_stack
+
+    src = open_stack(MERLIN)
+    raw = np.asarray(src.flat().compute())
+    return raw, src.valid(raw)
+
+
+def merlin_twin_mean(raw: np.ndarray, valid: np.ndarray, sigma: float = MERLIN_TWIN_SIGMA) -> np.ndarray:
+    """A known mean for a simulated twin of the Merlin scan: the frames' common pattern (their mean over
+    valid pixels, smoothed over valid pixels by a normalised Gaussian of ``sigma`` px) times each frame's
+    own flux (its counts over the pixels valid in every frame, relative to the frames' average); 0 where
+    a frame is invalid. The real frames support this model: each differs from their mean by a chi-square
+    of 0.88-0.92 per pixel, 0.875 if their means were equal (docs/methods.md)."""
+    from .baselines import _normconv
+
+    ok = valid & np.isfinite(raw)
+    c = np.where(ok, raw, 0.0).astype(np.float64)
+    every = ok.all(0)
+    flux = np.array([f[every].sum() for f in c])
+    flux = flux / max(flux.mean(), 1e-12)
+    seen = ok.any(0)
+    common = c.sum(0) / np.maximum(ok.sum(0), 1)
+    common = _normconv(common[None], seen[None], float(sigma), 2)[0]
+    return np.where(ok, flux[:, None, None] * common[None], 0.0)
+
+
+def stem_twin_suite(st: Settings, device: str, progress, draw: int) -> Suite | None:
+    """A simulated twin of the Merlin scan with a known mean (one of two independent draws): the
+    neighbour method, Noise2Self, the default and BM3D scored against the truth, and the real suite's
+    'vs the mean, est.' column checked against it on the same data."""
+    from .io.stack import ScanStack
+    from .physics.binomial import adjacent_correlation
+    from .synthetic import charge_shared_counts
+
+    if not st.stem or not MERLIN.exists():
+        return None
+    progress(f"simulated twin of the Merlin scan, draw {draw}, thinned to {STEM_P:.0%}")
+    raw, valid = _merlin_frames()
+    lam = merlin_twin_mean(raw, valid)
+    rho = float(np.mean(adjacent_correlation(raw, valid)))
+    q = rho / (1.0 - 2.0 * rho)  # rho = q / (1 + 2 q)
+    full = charge_shared_counts(lam, q, np.random.default_rng(MERLIN_TWIN_SEEDS[draw]))
+    rho_sim = adjacent_correlation(full, valid)
+    a, ref, var_ref = thinned(full.astype(np.int64), valid, STEM_P, seed=3)
+    truth = lam * STEM_P
+    a_u = np.where(valid, a, np.iinfo(np.uint32).max).astype(np.uint32).reshape((2, 4) + raw.shape[1:])
+    stack = ScanStack.from_array(a_u, frame_ndim=2, source=f"Merlin twin {draw}")
+    results = _project_results(stack, [m for m in _methods_for(stack, False, True) if m.lstrip("!") in
+                                       ("n2s", "neighbors")], st.budget_s, device, st, progress)
+    results += [r for r in run_baselines(a, valid, truth, bm3d=st.name != "tiny") if r.name != "median 3x3"]
+    for r in results:
+        r.note = r.note.replace("chosen on the reference", "chosen on the truth")
+    s = Suite(f"twin-stem-{draw}", f"Simulated twin of the Merlin scan (known mean), draw {draw}, thinned to 25 %",
+              f"Truth: the 8 real frames' common pattern (smoothed over valid pixels, sigma {MERLIN_TWIN_SIGMA:g} "
+              f"px) times each frame's flux, with the real frames' invalid pixels. Counts: events shared "
+              f"with the right and lower pixel with probability q = {q:.3f}, the real detector's adjacent "
+              f"correlation {rho:.3f} (this draw: {rho_sim[0]:.3f} / {rho_sim[1]:.3f} along y / x); seed "
+              f"{MERLIN_TWIN_SEEDS[draw]}; thinned to p={STEM_P} exactly as the real suite. First columns: "
+              f"scored against the truth. 'vs ref' and 'vs mean, est. from ref': scored as the real suite must "
+              f"be, against the thinned-off {1 - STEM_P:.0%}, to show how far that estimate can be trusted here.")
+    s.rows = _score_rows(results, truth, valid, None)
+    ideal = _ideal_row(ref, var_ref, valid)
+    for row, r in zip(s.rows, results):
+        if r.den is not None:
+            d = r.den.reshape(truth.shape)
+            row["psnr_sqrt_ref"] = psnr(d, ref, valid, "sqrt")
+            row["psnr_sqrt_ref_est"] = mean_corrected(row["psnr_sqrt_ref"], ideal["psnr_sqrt"])
+    return s
+
+
 def real_stem_suite(st: Settings, device: str, progress) -> Suite | None:
     """Real Merlin 4D-STEM 2x4 scan thinned to 25 %: the only real scan with a 2-D scan grid here."""
-    from .io.readers import open_stack
     from .io.stack import ScanStack
     from .physics.binomial import adjacent_correlation
 
-    path = REAL_DIR / "merlin_4dstem" / "Merlin_navigation4x2_ROI.zip"
-    if not st.stem or not path.exists():
+    if not st.stem or not MERLIN.exists():
         return None
     progress(f"real Merlin 4D-STEM 2x4 scan thinned to {STEM_P:.0%}")
-    src = open_stack(path)
-    raw = np.asarray(src.flat().compute())
-    valid = src.valid(raw)
+    raw, valid = _merlin_frames()
     a, ref, var_ref = thinned(raw.astype(np.int64), valid, STEM_P, seed=3)
     rho = adjacent_correlation(raw, valid)
     lam = np.where(valid, raw, 0).sum(0) / np.maximum(valid.sum(0), 1)
@@ -973,6 +1047,9 @@ def _suite_table(s: Suite) -> list[str]:
         if any("psnr_sqrt_mean" in r for r in s.rows):
             head.insert(2, "PSNR sqrt vs mean, est. (dB)")
             keys.insert(1, "psnr_sqrt_mean")
+        if any("psnr_sqrt_ref" in r for r in s.rows):
+            head[3:3] = ["PSNR sqrt vs ref (dB)", "vs mean, est. from ref (dB)"]
+            keys[2:2] = ["psnr_sqrt_ref", "psnr_sqrt_ref_est"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in s.rows:
         if not r.get("ok"):
@@ -1110,11 +1187,32 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
                                   f"vs {_fmt(sr['profile_err'], 4)}" for dose, r, sb, sr in per),
                         verdict(all(r["psnr_sqrt"] - sb["psnr_sqrt"] >= 1.0 and r["profile_err"] <= sr["profile_err"]
                                     for _, r, sb, sr in per))))
+    twins = [(k, s) for k, s in sorted(suites.items()) if k.startswith("twin-stem")]
+    gaps = []  # (true gap, gap by the thinned-reference estimate) of neighbours over BM3D, per twin draw
+    for _, s in twins:
+        tn, tb = _row(s, "neighbors"), _row(s, "BM3D-Anscombe")
+        if tn and tb:
+            gaps.append((tn["psnr_sqrt"] - tb["psnr_sqrt"],
+                         tn.get("psnr_sqrt_ref_est", math.nan) - tb.get("psnr_sqrt_ref_est", math.nan)))
+    est_err = max((abs(e - t) for t, e in gaps if math.isfinite(e - t)), default=math.nan)
     sb = _row(stem, "BM3D-Anscombe")
+    nb = _row(stem, "neighbors")
     if nb and sb:
         text, ok = vs(nb, sb, "")
-        out.append(("neighbour method >= BM3D-Anscombe + 1 dB (Merlin 2x4, PSNR sqrt vs the mean, est.)", text,
-                    verdict(ok)))
+        v = verdict(ok)
+        gap = nb.get("psnr_sqrt_mean", math.nan) - sb.get("psnr_sqrt_mean", math.nan)
+        if math.isfinite(est_err) and math.isfinite(gap) and est_err >= abs(gap - 1.0):
+            # the instrument's error, measured on the simulated twin, is larger than the distance to the goal
+            text += (f"; on the simulated twins this estimate of the gap is off from the truth by up to "
+                     f"{est_err:.2f} dB, more than this result's distance from the goal")
+            v = "undecided by this estimate (see the twin row)"
+        out.append(("neighbour method >= BM3D-Anscombe + 1 dB (Merlin 2x4, PSNR sqrt vs the mean, est.)", text, v))
+    if gaps:
+        out.append(("neighbour method >= BM3D-Anscombe + 1 dB (simulated twins of the Merlin scan with its charge "
+                    "sharing, every draw, PSNR sqrt vs truth)",
+                    "; ".join(f"draw {i}: {t:+.2f} dB (the thinned-reference estimate says {e:+.2f} dB)"
+                              for i, (t, e) in enumerate(gaps)),
+                    verdict(len(gaps) == len(twins) and all(t >= 1.0 for t, _ in gaps))))
     return out
 
 
@@ -1327,6 +1425,10 @@ def run_bench(quick: bool = False, device: str = "auto", out_dir: Path = Path("d
         stem = real_stem_suite(st, qdev, progress)
         if stem is not None:
             suites.append(stem)
+        for draw in range(len(MERLIN_TWIN_SEEDS)):
+            twin = stem_twin_suite(st, qdev, progress, draw)
+            if twin is not None:
+                suites.append(twin)
         xrf = xrf_suite(st, qdev, progress)
         if xrf is not None:
             suites.append(xrf)
