@@ -209,6 +209,9 @@ def test_settings_become_config(make_napari_viewer):
     assert cfg.method.combine_split is None  # binomial split for symmetry / neighbours: auto
     train.split.setCurrentIndex(train.split.findData("off"))
     assert train.to_config().method.combine_split is False
+    assert cfg.method.fill_invalid is True  # neighbour input fill: on by default, as in the config
+    train.fill.setChecked(False)
+    assert train.to_config().method.fill_invalid is False
 
     assert load.to_config().data.ndim is None  # frame dimensionality from the file by default
     load.ndim.setCurrentIndex(load.ndim.findData(2))
@@ -257,6 +260,7 @@ def test_settings_become_config(make_napari_viewer):
     t2.set_from_config(again)
     assert t2.apply_to(Config()).train.epochs == 7 and t2.apply_to(Config()).model.arch == "dncnn"
     assert t2.split.currentData() == "off" and t2.apply_to(Config()).method.combine_split is False
+    assert not t2.fill.isChecked() and t2.apply_to(Config()).method.fill_invalid is False
     t2.deleteLater()
 
     # a bad value becomes an error naming the parameter, not an exception in Qt

@@ -113,6 +113,12 @@ class TrainWidget(QWidget):
                            "symmetry / neighbors: also input one binomial half of the frame and target the other "
                            "half (auto: on for photon counts; off: the plain partner / neighbour form)")
         f.addRow("Binomial split", self.split)
+        self.fill = QCheckBox("fill invalid input pixels from their surroundings")
+        self.fill.setChecked(True)
+        self.fill.setToolTip("neighbors: saturated discs, gaps and dead pixels enter the network input filled "
+                             "from each frame's own valid pixels (input only: they never enter the loss and stay "
+                             "NaN in the result)")
+        f.addRow("Invalid pixels", self.fill)
         self.reference = QComboBox()
         self.reference.setToolTip("supervised: Image layer with the paired high-SNR frames (same shape)")
         f.addRow("Reference layer", self.reference)
@@ -184,6 +190,7 @@ class TrainWidget(QWidget):
         m.mask_width = int(self.mask_width.value())
         m.neighbors = int(self.neighbors.currentData())
         m.combine_split = SPLIT_CHOICES[str(self.split.currentData())]
+        m.fill_invalid = bool(self.fill.isChecked())
         mo.arch = str(self.arch.currentData())
         size = self.size.currentData()
         if size in SIZES:
@@ -210,6 +217,7 @@ class TrainWidget(QWidget):
         self.mask_width.setValue(m.mask_width)
         set_combo(self.neighbors, m.neighbors)
         set_combo(self.split, next(k for k, v in SPLIT_CHOICES.items() if v is m.combine_split))
+        self.fill.setChecked(bool(m.fill_invalid))
         set_combo(self.arch, mo.arch)
         key = next((k for k, v in SIZES.items() if v[:2] == (mo.depth, mo.width)), None)
         if key is None:
