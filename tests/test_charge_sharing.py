@@ -1,21 +1,11 @@
 """Adjacent-pixel count correlation: 0 for independent counts, q / (1 + q) when charge is shared."""
 
 import numpy as np
-
 import pytest
 
 from napari_xrd_denoise.errors import XRDError
 from napari_xrd_denoise.physics.binomial import adjacent_correlation, split
 from napari_xrd_denoise.synthetic import charge_shared_counts
-
-
-def _shared(lam, q, rng):
-    """Poisson events; each also deposits a count in the pixel to its right with probability q."""
-    e = rng.poisson(lam)
-    s = rng.binomial(e, q)
-    n = e.copy()
-    n[..., 1:] += s[..., :-1]
-    return n
 
 
 def test_simulated_charge_sharing_keeps_the_mean_and_gives_the_known_correlation():
@@ -37,10 +27,10 @@ def test_independent_counts_give_zero_and_shared_charge_its_known_correlation():
     rng = np.random.default_rng(0)
     lam = np.full((4, 128, 128), 3.0)
     assert np.allclose(adjacent_correlation(rng.poisson(lam)), 0.0, atol=0.02)
-    ry, rx = adjacent_correlation(_shared(lam, 0.3, rng))
+    ry, rx = adjacent_correlation(charge_shared_counts(lam, (0.0, 0.3), rng))
     assert abs(rx - 0.3 / 1.3) < 0.02 and abs(ry) < 0.02
     # the consequence for binomial splitting: halves correlated between adjacent pixels
-    a, b = split(_shared(lam, 0.3, rng), 0.5, rng)
+    a, b = split(charge_shared_counts(lam, (0.0, 0.3), rng), 0.5, rng)
     assert np.corrcoef(a[..., :-1].ravel(), b[..., 1:].ravel())[0, 1] > 0.05
     a, b = split(rng.poisson(lam), 0.5, rng)
     assert abs(np.corrcoef(a[..., :-1].ravel(), b[..., 1:].ravel())[0, 1]) < 0.02

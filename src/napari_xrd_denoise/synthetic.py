@@ -463,28 +463,32 @@ _LINES = {
 }
 
 
-def charge_shared_counts(mean: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
+def charge_shared_counts(mean: np.ndarray, q: float | tuple[float, float], rng: np.random.Generator) -> np.ndarray:
     """Counts of mean ``mean`` from a detector that shares charge between adjacent pixels.
 
-    Each photon event (Poisson, rate ``mean / (1 + 2 q)``) counts in its pixel and, independently with
-    probability ``q`` each, once more in the pixel to its right and in the one below (the last axis and
-    the one before it). Every pixel's mean is then ``mean`` (away from the first row and column, which
-    receive no shares) and each pixel's count is still Poisson (a sum of independent thinned streams),
-    but adjacent counts are correlated by ``q / (1 + 2 q)`` along each axis: the
-    model behind ``physics.binomial.adjacent_correlation``; ``q = rho / (1 - 2 rho)`` gives a measured
+    Each photon event (Poisson, rate ``mean / (1 + qy + qx)``) counts in its pixel and, independently,
+    once more in the pixel to its right with probability ``qx`` and in the one below with probability
+    ``qy`` (the last axis and the one before it); ``q`` is ``(qy, qx)`` or one value for both. Every
+    pixel's mean is then ``mean`` (away from the first row and column, which receive no shares) and each
+    pixel's count is still Poisson (a sum of independent thinned streams), but adjacent counts are
+    correlated by ``qx / (1 + qy + qx)`` along x (``qy / ...`` along y): the model behind
+    ``physics.binomial.adjacent_correlation``; with one ``q``, ``q = rho / (1 - 2 rho)`` gives a measured
     correlation ``rho``. Leading axes are frames.
     """
-    q = float(q)
-    if not 0.0 <= q < 1.0:
-        raise XRDError(f"charge sharing q={q} must be in [0, 1)")
+    qy, qx = (q, q) if np.ndim(q) == 0 else tuple(q)
+    qy, qx = float(qy), float(qx)
+    for v in (qy, qx):
+        if not 0.0 <= v < 1.0:
+            raise XRDError(f"charge sharing q={v} must be in [0, 1)")
     lam = np.asarray(mean, dtype=np.float64)
     if lam.ndim < 2:
         raise XRDError(f"charge sharing needs 2-D frames, got an array of shape {lam.shape}")
-    e = rng.poisson(np.maximum(lam, 0.0) / (1.0 + 2.0 * q))
+    e = rng.poisson(np.maximum(lam, 0.0) / (1.0 + qy + qx))
     n = e.copy()
-    if q > 0:
-        n[..., :, 1:] += rng.binomial(e, q)[..., :, :-1]
-        n[..., 1:, :] += rng.binomial(e, q)[..., :-1, :]
+    if qx > 0:
+        n[..., :, 1:] += rng.binomial(e, qx)[..., :, :-1]
+    if qy > 0:
+        n[..., 1:, :] += rng.binomial(e, qy)[..., :-1, :]
     return n
 
 
