@@ -147,9 +147,10 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", action="store_const", const=True, help="test-time augmentation: average over the 8 rotations/reflections of the frame")
     g.add_argument("--preserve-profile", action="store_const", const=True,
                    help="correct the result's flux along the rings to the counts' (needs --poni or a centre; "
-                        "default: on when the rings are known: --poni, --center or the file's own centre)")
+                        "default: on when the rings are known: --poni, --center or the file's own centre; "
+                        "else each 2D frame of integer counts keeps its total counts)")
     g.add_argument("--no-preserve-profile", dest="preserve_profile", action="store_const", const=False,
-                   help="no flux correction along the rings, even when the rings are known")
+                   help="no flux correction: neither along the rings nor over the whole frame")
     g.add_argument("--profile-window", type=int,
                    help="ring bins (about 1 px each) per flux-correction window (default 5; 1 = exact raw profile)")
     g.add_argument("--split-passes", type=int,

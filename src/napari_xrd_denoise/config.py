@@ -126,7 +126,8 @@ class InferConfig:
     tta: bool = False  # test-time augmentation: average over all 8 rotations/reflections (2 in 1D) in every pass
     split_passes: int = 4  # n2n-split: passes averaged per frame (pairs of complementary halves, each pass in another orientation; 0 = one full-frame pass)
     # local flux correction along the rings: None = auto (on when the rings are known: --poni, --center, a
-    # drawn centre or the file's own centre), True = required (error without), False = off
+    # drawn centre or the file's own centre; otherwise 2D integer-count frames keep their total counts,
+    # inference.keep_frame_counts), True = required (error without), False = off (both)
     preserve_profile: bool | None = None
     profile_window: int = 5  # ring bins (about 1 px each) per flux-correction window; 1 = exact raw profile (docs/methods.md)
 

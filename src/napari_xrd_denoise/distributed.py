@@ -36,7 +36,7 @@ import numpy as np
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
-from .inference import correct_profile, flux_provenance, profile_rings
+from .inference import correct_profile, flux_provenance, profile_rings, whole_frame_flux
 from .methods.base import FrameSource, stack_arrays
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
@@ -272,12 +272,14 @@ def denoise_chunk(
     device: str | None = None,
     frames: tuple[np.ndarray, np.ndarray] | None = None,
     rings: np.ndarray | None = None,
+    whole_frame: bool = False,
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Worker task: denoise flat frames ``c0:c1``; returns ``(c0, counts float32, valid)``.
 
     ``frames``: ``(indices, raw frames)`` sent by the client (every frame the method reads); without
     it the worker reads from ``stack_spec`` itself. Batches are those of ``predict_stack``. ``rings``:
-    the ring map of the flux correction (``inference.profile_rings``, made once by the client), or None.
+    the ring map of the flux correction (``inference.profile_rings``, made once by the client), or None;
+    ``whole_frame``: without rings, keep each frame's total counts (``inference.whole_frame_flux``).
     """
     from .methods import get_method
 
@@ -305,9 +307,9 @@ def denoise_chunk(
         b1 = min(c1, b0 + bs)
         batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
         out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
-    if rings is not None:
+    if rings is not None or whole_frame:
         counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
-        correct_profile(out, counts, np.asarray(valid, dtype=bool), rings, inf)
+        correct_profile(out, counts, np.asarray(valid, dtype=bool), rings, inf, whole_frame)
     return c0, out, np.asarray(valid, dtype=bool)
 
 
@@ -423,6 +425,7 @@ def predict_distributed(
     model_blob = _model_bytes(model)
     model_key = hashlib.sha256(model_blob).hexdigest()
     rings = profile_rings(model, stack, inf)  # decided (and refused) here, sent once to every worker
+    whole = whole_frame_flux(stack, inf, rings)
 
     writer = None
     result = None
@@ -435,7 +438,7 @@ def predict_distributed(
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
         where = f"scheduler {scheduler}" if scheduler else f"local cluster of {int(workers)} worker processes"
         prov["distributed"] = f"dask {where}; frames {'read by the workers' if mode == 'reopen' else 'sent by the client'}"
-        prov["flux_correction"] = flux_provenance(rings, inf)
+        prov["flux_correction"] = flux_provenance(rings, inf, whole)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite,
                               resume=resume)
         start = int(writer.n_done) if resume else 0
@@ -479,7 +482,7 @@ def predict_distributed(
                     raw = np.concatenate([raw, np.stack([np.asarray(flat[i].compute()) for i in extra])])
                 frames = (np.array(list(range(c0, c1)) + extra, dtype=int), raw)
             fut = client.submit(denoise_chunk, model_key, model_future, spec_future, c0, c1, infer_dict, device,
-                                frames, rings_future, pure=False)
+                                frames, rings_future, whole, pure=False)
             futures[fut] = (c0, c1)
             ac.add(fut)
             return True

@@ -55,21 +55,59 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
     return ring_bins(radial_map(stack.frame_shape, geometry=stack.geometry, center=center))
 
 
-def flux_provenance(rings: np.ndarray | None, infer: InferConfig) -> str:
+#: The whole-frame flux correction leaves frames with fewer counts than this as the network gave them:
+#: their total is then known to worse than 1 % (Poisson), no better than a network's own flux bias.
+MIN_FRAME_COUNTS = 10_000
+
+
+def whole_frame_flux(stack: ScanStack, infer: InferConfig, rings: np.ndarray | None) -> bool:
+    """Whether the whole-frame flux correction applies: in auto mode (``infer.preserve_profile`` None)
+    when no rings are known, for 2D frames of integer counts."""
+    return (rings is None and getattr(infer, "preserve_profile", None) is None and stack.frame_ndim == 2
+            and np.dtype(stack.dtype).kind in "biu")
+
+
+def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarray,
+                      min_counts: float = MIN_FRAME_COUNTS) -> np.ndarray:
+    """Whole-frame flux correction: scale a denoised frame so that its total over valid pixels equals the
+    counts' total. A network trained for a fixed time ends with a flux bias of a few per cent that is
+    nearly the same on every frame (docs/methods.md); a frame's total counts ``N`` are known to
+    ``1 / sqrt(N)``. Frames with fewer than ``min_counts`` counts, or a denoised total of 0, are returned
+    unchanged; invalid pixels stay as they are."""
+    d = np.asarray(denoised)
+    v = np.asarray(valid, dtype=bool) & np.isfinite(d)
+    raw_total = float(np.sum(np.asarray(counts, dtype=np.float64)[v]))
+    den_total = float(np.sum(np.maximum(d[v].astype(np.float64), 0.0)))
+    out = np.array(d, dtype=np.float32, copy=True)
+    if raw_total < min_counts or den_total <= 0:
+        return out
+    out[v] = (np.maximum(d[v], 0.0) * (raw_total / den_total)).astype(np.float32)
+    return out
+
+
+def flux_provenance(rings: np.ndarray | None, infer: InferConfig, whole_frame: bool = False) -> str:
     """The output provenance's ``flux_correction`` entry."""
-    return f"along the rings, windows of {int(infer.profile_window)} ring bins" if rings is not None else "off"
+    if rings is not None:
+        return f"along the rings, windows of {int(infer.profile_window)} ring bins"
+    if whole_frame:
+        return f"whole frame (each frame's total counts kept; frames under {MIN_FRAME_COUNTS} counts unchanged)"
+    return "off"
 
 
 def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, rings: np.ndarray | None,
-                    infer: InferConfig) -> np.ndarray:
-    """Apply the flux correction along the rings to a chunk of denoised frames (in place)."""
-    if rings is None:
+                    infer: InferConfig, whole_frame: bool = False) -> np.ndarray:
+    """Apply the flux correction along the rings (or, with ``whole_frame`` and no rings, over each whole
+    frame) to a chunk of denoised frames (in place)."""
+    if rings is None and not whole_frame:
         return out
     from .physics.geometry import preserve_profile
 
     window = int(infer.profile_window)
     for j in range(out.shape[0]):
-        out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window)
+        if rings is not None:
+            out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window)
+        else:
+            out[j] = keep_frame_counts(out[j], counts[j], valid[j])
     return out
 
 
@@ -129,6 +167,10 @@ def predict_stack(
     run = model.runner(inf)
     flat = stack.flat()
     rings = profile_rings(model, stack, inf, center)
+    whole = whole_frame_flux(stack, inf, rings)
+    if whole:
+        _log.info("flux correction over each whole frame: its total counts are kept (no rings known; "
+                  "--no-preserve-profile turns it off)")
 
     writer = None
     result = None
@@ -139,7 +181,7 @@ def predict_stack(
         from .io.writers import ResultWriter
 
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
-        prov["flux_correction"] = flux_provenance(rings, inf)
+        prov["flux_correction"] = flux_provenance(rings, inf, whole)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
     done = start
@@ -159,7 +201,7 @@ def predict_stack(
                 b1 = min(c1, b0 + bs)
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
-            correct_profile(out, counts, valid, rings, inf)
+            correct_profile(out, counts, valid, rings, inf, whole)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:

@@ -123,11 +123,12 @@ class PredictWidget(QWidget):
         f.addRow("tile, overlap", row(self.tile, self.overlap))
         self.j_inv = QCheckBox("J-invariant (n2s: sum over mask phases; slower)")
         self.tta = QCheckBox("test-time augmentation (8 rotations/reflections)")
-        self.flux = QCheckBox("flux correction along the rings (with a beam centre or PONI)")
+        self.flux = QCheckBox("flux correction (along the rings with a beam centre or PONI, else whole frame)")
         self.flux.setChecked(True)
         self.flux.setToolTip(f"Scale the result so that, over windows of {InferConfig().profile_window} one-pixel "
-                             "rings, its flux is the counts' (integrated intensities keep the data's). Needs a beam "
-                             "centre (Masks widget, or the file's) or a PONI.")
+                             "rings, its flux is the counts' (integrated intensities keep the data's). Rings need a "
+                             "beam centre (Masks widget, or the file's) or a PONI; without one, each frame of integer "
+                             "counts keeps its total counts.")
         f.addRow(self.j_inv)
         f.addRow(self.tta)
         f.addRow(self.flux)
@@ -189,7 +190,7 @@ class PredictWidget(QWidget):
         i.overlap = int(self.overlap.value())
         i.j_invariant = self.j_inv.isChecked()
         i.tta = self.tta.isChecked()
-        i.preserve_profile = None if self.flux.isChecked() else False  # None: on when a centre or PONI is known
+        i.preserve_profile = None if self.flux.isChecked() else False  # None: rings when known, else whole frame
         return cfg
 
     def to_config(self) -> Config:
