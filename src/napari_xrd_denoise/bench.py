@@ -1256,7 +1256,8 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
     return out
 
 
-def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extras: dict[str, Any]) -> list[str]:
+def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extras: dict[str, Any],
+           prefix: str = "bench_") -> list[str]:
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1286,8 +1287,8 @@ def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extr
         ax.set_ylim(max(0, lo - 3), None)
         ax.legend(fontsize=7, ncol=3)
         ax.set_title("Quality: PSNR (sqrt scale) per data set")
-        fig.savefig(out_dir / "bench_quality.png", dpi=90)
-        names.append("bench_quality.png")
+        fig.savefig(out_dir / f"{prefix}quality.png", dpi=90)
+        names.append(f"{prefix}quality.png")
     prof = extras.get("profile_plot")
     if prof:
         fig = Figure(figsize=(11, 5), layout="constrained")
@@ -1300,8 +1301,8 @@ def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extr
         ax.set_ylabel("mean counts per pixel")
         ax.set_title(prof["title"])
         ax.legend(fontsize=8)
-        fig.savefig(out_dir / "bench_profiles.png", dpi=90)
-        names.append("bench_profiles.png")
+        fig.savefig(out_dir / f"{prefix}profiles.png", dpi=90)
+        names.append(f"{prefix}profiles.png")
     if speed:
         fig = Figure(figsize=(8, 4), layout="constrained")
         FigureCanvasAgg(fig)
@@ -1320,8 +1321,8 @@ def _plots(out_dir: Path, suites: list[Suite], speed: list[dict[str, Any]], extr
             ax[k].set_xticks(x, labels)
             ax[k].set_title(title)
         ax[0].legend(fontsize=8)
-        fig.savefig(out_dir / "bench_speed.png", dpi=90)
-        names.append("bench_speed.png")
+        fig.savefig(out_dir / f"{prefix}speed.png", dpi=90)
+        names.append(f"{prefix}speed.png")
     return names
 
 
@@ -1362,7 +1363,7 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
     for s in suites:
         L += [f"### {s.title}", "", s.description, ""] + _suite_table(s) + [""]
     if plots:
-        L += [f"![{p}]({p})" for p in plots if p != "bench_speed.png"] + [""]
+        L += [f"![{p}]({p})" for p in plots if not p.endswith("speed.png")] + [""]
     L += ["## Speed", ""]
     if speed:
         fr = speed[0]["frame"]
@@ -1405,8 +1406,9 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
             L.append(f"| {r['frames']} | {_fmt(r.get('input_mib'), 0)} | {_fmt(r.get('peak_rss_mib'), 0)} | "
                      f"{_fmt(ratio, 2)} | {_fmt(r.get('predict_s'), 1)} | {_fmt(r.get('fps'), 1)} | {r.get('note', '')} |")
         L.append("")
-    if "bench_speed.png" in plots:
-        L += ["![bench_speed.png](bench_speed.png)", ""]
+    for p in plots:
+        if p.endswith("speed.png"):
+            L += [f"![{p}]({p})", ""]
     L += ["## Caveats", "",
           "- The thinned-real reference is the held-out 95 % of the counts: independent of the input, but "
           "noisy; the 'ideal' row gives the expected PSNR of a perfect estimate against it. Against that "
@@ -1437,7 +1439,9 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
 def run_bench(quick: bool = False, device: str = "auto", out_dir: Path = Path("docs"),
               progress: Callable[[str], None] = print, *, _tiny: bool = False, peer: bool | None = None,
               command: str | None = None) -> Path:
-    """Run the quality and speed suites and write ``out_dir/benchmarks.md`` and ``out_dir/bench_*.png``."""
+    """Run the quality and speed suites and write ``out_dir/benchmarks.md`` and ``out_dir/bench_*.png``
+    (``--quick``: ``benchmarks-quick.md`` and ``bench-quick_*.png``, so a quick run never overwrites the
+    full run's report or its plots)."""
     import torch
 
     from .devices import resolve_device
@@ -1488,8 +1492,8 @@ def run_bench(quick: bool = False, device: str = "auto", out_dir: Path = Path("d
         torch.set_num_threads(torch_threads)
     by_key = {s.key: s for s in suites}
     goal_rows = goals(by_key, speed)
-    plots = _plots(out_dir, suites, speed, cache)
-    path = write_markdown(out_dir / "benchmarks.md", command, st, info, suites, speed, memory, goal_rows, plots,
+    plots = _plots(out_dir, suites, speed, cache, prefix="bench-quick_" if quick else "bench_")
+    path = write_markdown(out_dir / ("benchmarks-quick.md" if quick else "benchmarks.md"), command, st, info, suites, speed, memory, goal_rows, plots,
                           time.perf_counter() - t_start)
     progress(f"wrote {path} in {(time.perf_counter() - t_start) / 60:.1f} min")
     return path

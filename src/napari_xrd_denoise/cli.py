@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("bench", help="run the quality and speed benchmarks, write docs/benchmarks.md")
     sp.add_argument("--quick", action="store_true", help="small version, under 10 minutes on 2 CPU cores")
     sp.add_argument("--device", default="auto")
-    sp.add_argument("--out", default="docs", help="folder for benchmarks.md and plots")
+    sp.add_argument("--out", default="docs", help="folder for benchmarks.md and plots (--quick: benchmarks-quick.md, bench-quick_*.png)")
     sp.add_argument("--debug", action="store_true")
     return p
 
