@@ -1201,8 +1201,8 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
     else:
         out.append(("XRF RMSE <= 0.80", "default XRF method did not run", verdict(None)))
     stem = suites.get("real-stem")
-    twins = [(k, s) for k, s in sorted(suites.items()) if k.startswith("twin-stem")]
-    checked = twin_checked(stem, [s for _, s in twins], "neighbors", "n2s", 0.0)
+    twins = [s for k, s in sorted(suites.items()) if k.startswith("twin-stem")]
+    checked = twin_checked(stem, twins, "neighbors", "n2s", 0.0)
     if checked:
         out.append(("neighbour method beats single-frame Noise2Self on thinned real scans (Merlin 2x4, PSNR counts "
                     "vs the mean, est.; a verdict only where the same estimate gives the truth's verdict on every "
@@ -1240,11 +1240,11 @@ def goals(suites: dict[str, Suite], speed: list[dict[str, Any]]) -> list[tuple[s
                         verdict(all(r["psnr_sqrt"] - sb["psnr_sqrt"] >= 1.0 and r["profile_err"] <= sr["profile_err"]
                                     for _, r, sb, sr in per))))
     gaps = []  # (true gap on square roots, true gap on counts) of neighbours over BM3D, per twin draw
-    for _, s in twins:
+    for s in twins:
         tn, tb = _row(s, "neighbors"), _row(s, "BM3D-Anscombe")
         if tn and tb:
             gaps.append((tn["psnr_sqrt"] - tb["psnr_sqrt"], tn["psnr_counts"] - tb["psnr_counts"]))
-    checked = twin_checked(stem, [s for _, s in twins], "neighbors", "BM3D-Anscombe", 1.0)
+    checked = twin_checked(stem, twins, "neighbors", "BM3D-Anscombe", 1.0)
     if checked:
         out.append(("neighbour method >= BM3D-Anscombe + 1 dB (Merlin 2x4, PSNR counts vs the mean, est.; a verdict "
                     "only where the same estimate gives the truth's verdict on every simulated twin)", *checked))
