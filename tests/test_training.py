@@ -353,3 +353,22 @@ def test_1d_n2n_frames_on_spectra():
     err_raw = np.sqrt(np.mean((spectra - lam) ** 2))
     err_out = np.sqrt(np.mean((out - lam) ** 2))
     assert err_out < 0.6 * err_raw, (err_raw, err_out)
+
+
+def test_single_frame_method_on_a_scan_grid_gets_the_neighbours_tip():
+    frames, _ = ring_frames(n=6, shape=(24, 24))
+    grid = frames.reshape((2, 3) + frames.shape[1:])
+
+    def tips(stack, **kw):
+        events = []
+        Trainer(quick(name="n2n-split", epochs=1, steps_per_epoch=1, **kw), stack, callback=events.append).run()
+        return [e.message for e in events if e.kind == "message" and "scan grid" in (e.message or "")]
+
+    got = tips(ScanStack.from_array(grid, frame_ndim=2))
+    assert len(got) == 1 and "2x3 scan grid" in got[0] and "neighbors" in got[0]
+    assert tips(ScanStack.from_array(frames)) == []  # a flat stack: no grid known
+    assert "3x2 scan grid" in tips(ScanStack.from_array(frames), data__scan_shape=(3, 2))[0]
+    events = []  # the neighbour method itself, and repeats (n2n-frames), get no tip
+    Trainer(quick(name="neighbors", epochs=1, steps_per_epoch=1), ScanStack.from_array(grid, frame_ndim=2),
+            callback=events.append).run()
+    assert not any("scan grid" in (e.message or "") for e in events if e.kind == "message")
