@@ -257,8 +257,10 @@ def test_short_training_on_a_scan_beats_raw():
 
 
 def test_short_training_with_the_split_centre_beats_raw_and_keeps_counts():
-    tr, model, scan, stack, valid, psnr = _short_training((5, 5), "mid", 6, combine_split=True, neighbors=4)
-    assert tr.history["loss_space"] == ["poisson"] * 4
+    # median count 2: no residual path (auto), which needs more than the 80 steps the residual form did
+    tr, model, scan, stack, valid, psnr = _short_training((5, 5), "mid", 6, combine_split=True, neighbors=4, epochs=8)
+    assert model.config.model.residual is False
+    assert tr.history["loss_space"] == ["poisson"] * 8
     _check_denoised(model, scan, stack, valid, psnr)
 
 
@@ -525,3 +527,50 @@ def test_the_fill_is_on_by_default_and_the_cli_turns_it_off():
     base = ["denoise", "scan.h5", "-o", "out.h5", "--method", "neighbors"]
     assert cli.config_from_args(p.parse_args(base)).method.fill_invalid is True
     assert cli.config_from_args(p.parse_args(base + ["--no-fill-invalid"])).method.fill_invalid is False
+
+
+def test_the_residual_path_follows_the_counts_with_the_split_centre():
+    """``model.residual = auto``: with the centre frame's split half the network adds its correction to
+    that half only where counts are high (median >= 12); below, it predicts directly and says so. A forced
+    setting wins, the plain blind spot keeps its residual on the neighbours' mean, single-frame methods
+    are unchanged, and the model file holds the choice."""
+    from napari_xrd_denoise.methods.neighbors import RESIDUAL_MIN_MEDIAN, median_count
+    from napari_xrd_denoise.model_file import DenoiserModel
+    from napari_xrd_denoise.training import Trainer
+
+    rng = np.random.default_rng(4)
+    low = ScanStack.from_array(rng.poisson(2.0, (2, 3, 24, 24)).astype(np.uint16))
+    high = ScanStack.from_array(rng.poisson(40.0, (2, 3, 24, 24)).astype(np.uint16))
+    assert median_count(FrameSource(low)) == 2.0
+    assert median_count(FrameSource(high)) >= RESIDUAL_MIN_MEDIAN
+
+    def train(stack, **kw):
+        events = []
+        cfg = Config().replace(**{"method__name": "neighbors", "epochs": 1, "steps_per_epoch": 1, "train__batch_size": 2,
+                                  "patch_size": 16, "width": 4, "depth": 2, "val_fraction": 0.0, **kw})
+        m = Trainer(cfg, stack, callback=events.append).run()
+        return m, [e.message for e in events if e.kind == "message" and "model.residual" in (e.message or "")]
+
+    assert Config().model.residual is None  # auto
+    m, notes = train(low)
+    assert m.config.model.residual is False and m.net.residual is False
+    assert len(notes) == 1 and "median count 2 " in notes[0]
+    assert DenoiserModel.from_dict(m.to_dict(), device="cpu").net.residual is False
+    m, notes = train(high)
+    assert m.config.model.residual is True and m.net.residual is True and notes == []
+    m, notes = train(low, model__residual=True)
+    assert m.config.model.residual is True and notes == []
+    m, _ = train(low, combine_split=False)
+    assert m.config.model.residual is True and m.config.model.residual_channel is None
+    m, notes = train(low, method__name="n2n-split")
+    assert m.config.model.residual is True and notes == []
+
+
+def test_the_cli_forces_the_residual_path_either_way():
+    from napari_xrd_denoise import cli
+
+    p = cli.build_parser()
+    base = ["denoise", "scan.h5", "-o", "out.h5", "--method", "neighbors"]
+    assert cli.config_from_args(p.parse_args(base)).model.residual is None
+    assert cli.config_from_args(p.parse_args(base + ["--residual"])).model.residual is True
+    assert cli.config_from_args(p.parse_args(base + ["--no-residual"])).model.residual is False

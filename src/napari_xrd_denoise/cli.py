@@ -51,6 +51,7 @@ _FLAGS: dict[str, tuple[str, str, Any]] = {
     "depth": ("model", "depth", int),
     "width": ("model", "width", int),
     "stem_width": ("model", "stem_width", int),
+    "residual": ("model", "residual", bool),
     "epochs": ("train", "epochs", int),
     "steps": ("train", "steps_per_epoch", int),
     "batch_size": ("train", "batch_size", int),
@@ -125,6 +126,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="network width (channels of the first level)")
     g.add_argument("--stem-width", type=int,
                    help="U-Net: channels of the first convolution (0 = auto: twice the input channels, from --width to 4x --width)")
+    g.add_argument("--residual", action="store_const", const=True,
+                   help="the network adds its correction to its input (default: auto, decided by the method: off for "
+                        "blind-spot methods, and for neighbors with the split half below a median count of 12)")
+    g.add_argument("--no-residual", dest="residual", action="store_const", const=False,
+                   help="the network predicts its output directly")
     g.add_argument("--epochs", type=int)
     g.add_argument("--steps", type=int, help="optimiser steps per epoch")
     g.add_argument("--batch-size", type=int)

@@ -89,7 +89,7 @@ class ModelConfig:
     depth: int = 3
     width: int = 8
     stem_width: int = 0  # U-Net: channels of the first convolution; 0 = auto (max(width, 2 x input channels), at most 4 x width)
-    residual: bool = True
+    residual: bool | None = None  # add the network's correction to its input; None = auto (the method decides; saved models hold the choice)
     dncnn_layers: int = 8
     in_channels: int = 1  # set by the method (e.g. 8 for neighbors)
     residual_channel: int | None = None  # set by the method: residual on this input channel; None = channel mean
@@ -282,7 +282,7 @@ def _build(cls, sub: dict[str, Any], section: str):
     return cls(**kwargs)
 
 
-_AUTO_BOOLS = {"infer.preserve_profile", "method.combine_split"}  # true / false / null (= auto)
+_AUTO_BOOLS = {"infer.preserve_profile", "method.combine_split", "model.residual"}  # true / false / null (= auto)
 
 
 def _coerce(name: str, v: Any, default: Any) -> Any:

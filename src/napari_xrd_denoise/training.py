@@ -169,7 +169,11 @@ class Trainer:
         if cfg.model.arch == "unet":
             cfg.model.stem_width = stem_channels(cfg.model, cfg.model.in_channels)  # saved as a number
         self.residual_note = ""
-        if cfg.model.residual and not self.method.allow_residual:
+        if cfg.model.residual is None:  # auto: the method decides; the model file keeps the choice
+            use, why = self.method.auto_residual(self.source) if self.method.allow_residual else (False, "")
+            cfg.model.residual = bool(use)
+            self.residual_note = "" if use else why
+        elif cfg.model.residual and not self.method.allow_residual:
             cfg.model.residual = False
             self.residual_note = f"model.residual turned off: {cfg.method.name} is a blind-spot method"
         self.scan_note = scan_grid_note(cfg, self.source)

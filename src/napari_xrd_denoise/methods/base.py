@@ -521,6 +521,11 @@ class Method:
         say no: a residual path would copy the noisy pixel itself into a single-pass prediction."""
         return True
 
+    def auto_residual(self, source: "FrameSource") -> tuple[bool, str]:
+        """``model.residual = auto`` (None) for a method that allows a residual path: ``(use it, a note for
+        the user when not)``. Most methods use it."""
+        return True, ""
+
     @property
     def output_scale(self) -> float:
         """MSE space: counts after the exact inverse are divided by this (e.g. ``1 - p`` for a binomial half)."""

@@ -55,6 +55,17 @@ from .symmetry import LoadCache
 
 MEAN_WEIGHT = 0.02
 SUM_WEIGHT = 0.01
+#: ``model.residual = auto`` with the centre frame's split half: the residual path (on that half) is used
+#: only when the median count of the valid pixels is at least this (docs/methods.md)
+RESIDUAL_MIN_MEDIAN = 12.0
+
+
+def median_count(source: FrameSource, max_frames: int = 8) -> float:
+    """Median count of the valid pixels of up to ``max_frames`` evenly spaced frames of ``source``."""
+    n = source.n_frames
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    vals = [c[v] for c, v in (source.get(int(i)) for i in idx) if v.any()]
+    return float(np.median(np.concatenate(vals))) if vals else 0.0
 
 #: ``provider(index, source) -> (context counts (n, *frame), context validity (n, *frame))``
 ContextProvider = Callable[[int, FrameSource], tuple[np.ndarray, np.ndarray]]
@@ -102,6 +113,23 @@ class NeighborScan(CombinesWithSplit, Method):
         """With the centre frame's half as the last channel, the residual is that channel (the mean of all
         channels is mostly the neighbours' pattern, which differs from the centre frame's)."""
         return self.n if self.split else None
+
+    def auto_residual(self, source: FrameSource) -> tuple[bool, str]:
+        """With the centre frame's split half (the residual channel), a residual path only where that half
+        is close to the answer: median count of the valid pixels >= :data:`RESIDUAL_MIN_MEDIAN`. Below
+        it the neighbours carry most of the signal, and a network that starts from the half must first
+        learn to cancel its noise. Measured on the benchmark's synthetic 4x4 scans (60 s each, PSNR on
+        the square-root scale against the truth, docs/methods.md): without the residual path +2.0 /
+        +2.1 / +2.3 dB at median counts 0 / 2 / 6, and -0.15 dB (-1.0 dB on counts) at median 21.
+        The plain blind spot (no centre channel; residual on the channel mean) keeps it."""
+        if not self.split:
+            return True, ""
+        med = median_count(source)
+        if med >= RESIDUAL_MIN_MEDIAN:
+            return True, ""
+        return False, (f"model.residual off (auto): median count {med:g} per valid pixel is below "
+                       f"{RESIDUAL_MIN_MEDIAN:g}, where the neighbours carry most of the signal "
+                       f"(set model.residual=true to keep it)")
 
     def default_loss(self) -> str:
         return "poisson"

@@ -35,15 +35,17 @@ def stem_channels(cfg: ModelConfig, in_channels: int) -> int:
 def build_model(cfg: ModelConfig, ndim: int, in_channels: int | None = None) -> nn.Module:
     """The network described by ``cfg`` for ``ndim``-dimensional frames (1 or 2). ``cfg.residual_channel``
     (set by the method, :attr:`methods.base.Method.residual_channel`, and saved with the model): the input
-    channel a residual network adds its correction to (``None``: the mean of the input channels)."""
+    channel a residual network adds its correction to (``None``: the mean of the input channels).
+    ``cfg.residual`` None (auto, which the trainer resolves per method and data) builds a residual network."""
     cin = int(in_channels if in_channels is not None else cfg.in_channels)
     residual_channel = cfg.residual_channel
+    residual = cfg.residual is not False
     if cfg.arch == "unet":
-        return UNet(ndim=ndim, in_channels=cin, depth=int(cfg.depth), width=int(cfg.width), residual=bool(cfg.residual),
+        return UNet(ndim=ndim, in_channels=cin, depth=int(cfg.depth), width=int(cfg.width), residual=residual,
                     residual_channel=residual_channel, stem_width=stem_channels(cfg, cin))
     if cfg.arch == "dncnn":
         return DnCNN(ndim=ndim, in_channels=cin, layers=int(cfg.dncnn_layers), width=int(cfg.width),
-                     residual=bool(cfg.residual), residual_channel=residual_channel)
+                     residual=residual, residual_channel=residual_channel)
     raise ValueError(f"unknown model.arch {cfg.arch!r}")
 
 
