@@ -87,9 +87,9 @@ SINGLE_FRAME_METHODS = ("n2s", "n2v", "n2n-split")
 def scan_grid_note(cfg: Config, source: FrameSource) -> str:
     """A one-line tip when a single-frame method trains on frames that lie on a 2-D scan grid (the
     stack's own, or ``data.scan_shape``) of at least 4 positions: the neighbour method also uses the
-    neighbouring frames, which on the real Merlin 4D-STEM scan of docs/benchmarks.md scored 3.3 dB over
-    ``n2n-split``, while on the synthetic scans, whose spots drift between positions, it trailed it by
-    0.2-1.6 dB. The choice stays the user's; ``""`` otherwise."""
+    neighbouring frames, which on the real Merlin 4D-STEM scan of docs/benchmarks.md scored 3.0 dB over
+    ``n2n-split``, and on the synthetic scans, whose spots drift between positions, +1.0 / +0.6 / -0.3 dB
+    at low / mid / high dose. The choice stays the user's; ``""`` otherwise."""
     from .methods.neighbors import scan_grid
 
     if cfg.method.name not in SINGLE_FRAME_METHODS or source.n_frames < 4:

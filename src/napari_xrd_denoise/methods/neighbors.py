@@ -129,7 +129,7 @@ class NeighborScan(CombinesWithSplit, Method):
             return True, ""
         return False, (f"model.residual off (auto): median count {med:g} per valid pixel is below "
                        f"{RESIDUAL_MIN_MEDIAN:g}, where the neighbours carry most of the signal "
-                       f"(set model.residual=true to keep it)")
+                       f"(--residual keeps it)")
 
     def default_loss(self) -> str:
         return "poisson"
