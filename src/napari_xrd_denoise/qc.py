@@ -487,11 +487,11 @@ def noreference_score(model_or_method: Any, stack: Any, valid: np.ndarray | None
     self-supervised loss of the J-invariant version of the denoiser: the true error plus the noise
     variance (about 1, less at very low counts). It costs ``width**2`` denoiser runs.
     """
-    from .io.stack import ScanStack
+    from .io.stack import ScanStack, spread_indices
 
     if isinstance(stack, ScanStack):
         n = stack.n_frames
-        idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+        idx = spread_indices(n, max_frames)
         raw = np.stack([stack.frame(int(i)) for i in idx])
         c, v = stack.counts(raw)
         fnd = stack.frame_ndim
@@ -510,7 +510,7 @@ def noreference_score(model_or_method: Any, stack: Any, valid: np.ndarray | None
         c = np.where(v, arr, 0).astype(np.float64).reshape((-1,) + frame)
         v = v.reshape((-1,) + frame)
         n = c.shape[0]
-        idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+        idx = spread_indices(n, max_frames)
         c, v = c[idx], v[idx]
     f = _as_denoiser(model_or_method, fnd)
     if mode == "split":

@@ -15,6 +15,11 @@ from ..physics.masks import valid_from_raw
 MIN_FRAME = {1: 16, 2: 16}  # smallest frame side that can be denoised
 
 
+def spread_indices(n: int, k: int) -> np.ndarray:
+    """Flat indices of up to ``k`` frames spread evenly over ``n`` (first and last included, no repeats)."""
+    return np.unique(np.linspace(0, n - 1, min(int(n), int(k))).round().astype(int))
+
+
 @dataclass
 class ScanStack:
     """A lazy stack of raw frames, shape ``scan_shape + frame_shape``.

@@ -56,7 +56,7 @@ from scipy import ndimage
 
 from ..config import Config, InferConfig
 from ..errors import XRDError
-from ..io.stack import ScanStack
+from ..io.stack import ScanStack, spread_indices
 from ..physics import vst
 
 Run = Callable[[np.ndarray], np.ndarray]
@@ -144,7 +144,7 @@ def is_integer_data(stack: ScanStack, source: FrameSource | None = None, n: int 
     if stack.dtype.kind != "f":
         return False
     src = source or FrameSource(stack, cache_frames=n)
-    for i in np.unique(np.linspace(0, stack.n_frames - 1, min(n, stack.n_frames)).round().astype(int)):
+    for i in spread_indices(stack.n_frames, n):
         c, v = src.get(int(i))
         vals = c[v]
         if vals.size and not np.allclose(vals, np.round(vals), atol=1e-6):
@@ -180,7 +180,7 @@ class Normalizer:
     def fit(cls, config: Config, source: FrameSource, max_frames: int = 8) -> "Normalizer":
         """Mean and std of the transformed valid pixels of up to ``max_frames`` evenly spaced frames."""
         n = source.n_frames
-        idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+        idx = spread_indices(n, max_frames)
         norm = cls.from_config(config)
         vals = []
         for i in idx:

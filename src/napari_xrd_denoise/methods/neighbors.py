@@ -46,7 +46,7 @@ import numpy as np
 
 from ..config import InferConfig
 from ..errors import XRDError
-from ..io.stack import ScanStack
+from ..io.stack import ScanStack, spread_indices
 from ..physics.neighbors import neighbor_indices
 from .base import (
     CombinesWithSplit, FrameSource, Method, Run, Sample, fill_invalid, flip_tta, grid_mask, n_phases, replace_hidden,
@@ -63,7 +63,7 @@ RESIDUAL_MIN_MEDIAN = 12.0
 def median_count(source: FrameSource, max_frames: int = 8) -> float:
     """Median count of the valid pixels of up to ``max_frames`` evenly spaced frames of ``source``."""
     n = source.n_frames
-    idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    idx = spread_indices(n, max_frames)
     vals = [c[v] for c, v in (source.get(int(i)) for i in idx) if v.any()]
     return float(np.median(np.concatenate(vals))) if vals else 0.0
 

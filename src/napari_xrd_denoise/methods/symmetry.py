@@ -46,7 +46,7 @@ import numpy as np
 
 from ..config import InferConfig
 from ..errors import XRDError
-from ..io.stack import ScanStack
+from ..io.stack import ScanStack, spread_indices
 from ..physics import symmetry as sym
 from .base import CombinesWithSplit, FrameSource, Method, Run, Sample, grid_mask, n_phases, replace_hidden
 
@@ -159,7 +159,7 @@ class SymmetryN2N(CombinesWithSplit, Method):
         self.mc.center = [float(c[0]), float(c[1])]  # recorded in the model's config
         src = FrameSource(stack, cache_frames=1)
         n = stack.n_frames
-        idx = np.unique(np.linspace(0, n - 1, min(n, SCORE_FRAMES)).round().astype(int))
+        idx = spread_indices(n, SCORE_FRAMES)
         total = None
         valid = None
         for i in idx:

@@ -27,6 +27,7 @@ from ._common import (
     spin,
     vbox,
 )
+from ..io.stack import spread_indices
 from ..io.writers import save_mask
 from ..physics.masks import find_hot_dead
 from ._helpers import crop_frame, place_in_frame, shapes_mask
@@ -43,7 +44,7 @@ MASK_FILTER = "Mask (*.npy *.npz *.tif *.tiff *.edf *.h5);;All files (*)"
 
 def _sample_frames(stack, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Worker thread: ``n`` frames spread over the scan, as counts and validity."""
-    idx = np.unique(np.linspace(0, stack.n_frames - 1, min(int(n), stack.n_frames)).round().astype(int))
+    idx = spread_indices(stack.n_frames, n)
     cs, vs = [], []
     for i in idx:
         c, v = stack.counts(stack.frame(int(i)))
