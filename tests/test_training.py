@@ -19,7 +19,7 @@ from napari_xrd_denoise.io.stack import ScanStack
 from napari_xrd_denoise.losses import link_rate, masked_mse, poisson_deviance, poisson_nll
 from napari_xrd_denoise.methods.base import Normalizer
 from napari_xrd_denoise.model_file import DenoiserModel
-from napari_xrd_denoise.training import Trainer, cosine_factor, schedule_period
+from napari_xrd_denoise.training import EpochBatches, Trainer, cosine_factor, schedule_period
 
 torch.set_num_threads(1)
 
@@ -241,6 +241,71 @@ def test_eta_counts_down_to_the_time_budget():
     assert timed
     for e in timed:
         assert e.eta_s <= budget_s - e.elapsed_s + 1e-6 or e.eta_s == 0.0
+
+
+# --- batches drawn ahead ------------------------------------------------------------------------------
+def _batch_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("xrd-batches")]
+
+
+@pytest.mark.parametrize("name", ["n2n-split", "n2s"])
+def test_batches_drawn_ahead_train_exactly_as_drawn_in_the_loop(name):
+    """train.prefetch draws the next batches in a thread; the patches, masks, splits and so the weights are
+    bit for bit those of drawing each batch in the loop (previews read the frame cache meanwhile)."""
+    frames, _ = ring_frames(n=4)
+    runs = []
+    for prefetch in (True, False):
+        previews = []
+        cfg = quick(name=name, epochs=3, steps_per_epoch=5, preview_every=2, prefetch=prefetch)
+        m = Trainer(cfg, ScanStack.from_array(frames),
+                    callback=lambda e: previews.append(e.preview) if e.kind == "preview" else None).run()
+        runs.append((m, previews))
+        assert not _batch_threads()
+    (a, pa), (b, pb) = runs
+    assert a.history["train_loss"] == b.history["train_loss"] and a.history["val_loss"] == b.history["val_loss"]
+    for k, v in a.net.state_dict().items():
+        assert torch.equal(v, b.net.state_dict()[k]), k
+    assert len(pa) == len(pb) == 7 and all(np.array_equal(x, y, equal_nan=True) for x, y in zip(pa, pb))
+
+
+def test_an_error_while_drawing_ahead_reaches_the_caller():
+    frames, _ = ring_frames(n=4)
+    tr = Trainer(quick(epochs=3, steps_per_epoch=5), ScanStack.from_array(frames))
+    calls = {"n": 0}
+    orig = tr.method.make_sample
+
+    def failing(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 17:  # second epoch, in the batch thread
+            raise XRDError("frame 2 of ring frames: unreadable")
+        return orig(*a, **kw)
+
+    tr.method.make_sample = failing
+    with pytest.raises(XRDError, match="frame 2 of ring frames: unreadable"):
+        tr.run()
+    assert not _batch_threads()
+
+
+def test_epoch_batches_stay_at_most_depth_ahead_and_close_drops_the_rest():
+    made, taken = [], []
+    lock = threading.Lock()
+
+    def draw():
+        with lock:
+            made.append(len(made))
+            ahead = len(made) - len(taken)
+        time.sleep(0.002)
+        return ahead
+
+    eb = EpochBatches(draw, n=10, depth=2)
+    for _ in range(4):
+        taken.append(1)
+        assert eb.next() <= 3  # the batch being taken, and at most 2 more
+    eb.close()
+    assert 4 <= len(made) <= 6 and made == list(range(len(made)))
+    plain = EpochBatches(lambda: "b", n=3, depth=0)  # depth 0: drawn in the caller's thread, on demand
+    assert [plain.next() for _ in range(3)] == ["b"] * 3
+    plain.close()
 
 
 # --- cancel / resume ---------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget; 0 = none
     preview_every: int = 25  # steps between preview events
     checkpoint_dir: str | None = None
+    prefetch: bool = True  # draw the next training batches in a background thread while the network trains
 
 
 @dataclass

@@ -14,6 +14,8 @@ import logging
 import math
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +50,47 @@ log = logging.getLogger(__name__)
 CACHE_BYTES = 512 * 2**20  # decoded frames kept in memory while training
 VAL_SEED_OFFSET = 7919
 HOLDOUT_KEY = "_holdout"
+PREFETCH = 2  # training batches drawn ahead in a background thread (train.prefetch)
 GRAD_CLIP = 1.0  # gradient norm clip: keeps the Poisson loss from collapsing the output at high lr
+
+
+class EpochBatches:
+    """One epoch's training batches, drawn ahead in a background thread while the network trains.
+
+    ``draw()`` makes one batch; it is called ``n`` times in all, in order, by one worker thread, and
+    never more than ``depth`` batches ahead of :meth:`next`, so the patches and the random generator's
+    state at the end of the epoch are exactly those of drawing each batch in the loop (``depth`` 0).
+    Drawing (reading, cropping, masking, splitting patches: numpy) then overlaps the training step
+    (torch, which releases the interpreter lock while it computes). :meth:`close` waits for a batch
+    being drawn and drops the rest (an epoch cut short by the time budget or a cancel)."""
+
+    def __init__(self, draw: Callable[[], list[Sample]], n: int, depth: int = PREFETCH):
+        self._draw, self._left, self.depth = draw, int(n), int(depth)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrd-batches") if self.depth > 0 else None
+        self._queue: deque = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._pool is not None and self._left > 0 and len(self._queue) < self.depth:
+            self._queue.append(self._pool.submit(self._draw))
+            self._left -= 1
+
+    def next(self) -> list[Sample]:
+        if self._pool is None:
+            self._left -= 1
+            return self._draw()
+        fut = self._queue.popleft()
+        batch = fut.result()  # re-raises an error of the drawing thread here
+        self._fill()
+        return batch
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._queue:
+                f.cancel()
+            self._pool.shutdown(wait=True)
+            self._queue.clear()
+            self._pool = None
 
 
 @dataclass
@@ -141,6 +183,8 @@ class Trainer:
         self.init_model = init_model
         self._channels_last = False  # set by _run: inputs follow the network's memory layout
         self._cancel = threading.Event()
+        self._data_lock = threading.Lock()
+        self._batches: EpochBatches | None = None
         self.resume = bool(resume)
         tc = cfg.train
         if checkpoint is None and tc.checkpoint_dir:
@@ -254,6 +298,16 @@ class Trainer:
             s.weight = s.weight * keep.astype(np.float32)
         return s
 
+    def _batch(self, frames: np.ndarray, rng: np.random.Generator, space: str, augment: bool) -> list[Sample]:
+        """One training batch: ``train.batch_size`` patches of frames drawn from ``frames``."""
+        with self._data_lock:
+            return [self._draw(int(frames[rng.integers(frames.size)]), rng, space, augment, True)
+                    for _ in range(self.config.train.batch_size)]
+
+    def _epoch_batches(self, frames: np.ndarray, rng: np.random.Generator, space: str, tc) -> "EpochBatches":
+        return EpochBatches(lambda: self._batch(frames, rng, space, tc.augment), tc.steps_per_epoch,
+                            PREFETCH if tc.prefetch else 0)
+
     def _collate(self, samples: list[Sample]) -> tuple[torch.Tensor, ...]:
         dev = self.device
         x = as_layout(torch.from_numpy(np.stack([s.input for s in samples]).astype(np.float32)).to(dev),
@@ -342,7 +396,8 @@ class Trainer:
         :meth:`Method.denoise`, cheap; multi-pass inference is left to the final prediction)."""
         try:
             m = self._model()
-            batch = stack_arrays([self.method.load_infer(self.preview_index, self.source)])
+            with self._data_lock:  # the batch thread reads the same frame cache
+                batch = stack_arrays([self.method.load_infer(self.preview_index, self.source)])
             inf = copy.deepcopy(self.config.infer)
             inf.j_invariant = False
             inf.tta = False
@@ -411,6 +466,9 @@ class Trainer:
         try:
             return self._run(cfg, tc)
         finally:
+            if self._batches is not None:
+                self._batches.close()  # an error left the epoch's batch thread running
+                self._batches = None
             if self.device.type == "cpu":
                 torch.set_num_threads(prev_threads)
 
@@ -518,13 +576,12 @@ class Trainer:
             n_fr = min(self.train_frames.size, self.frames_per_epoch_cap)
             frames = rng.choice(self.train_frames, size=n_fr, replace=False)
             losses = []
+            self._batches = batches = self._epoch_batches(frames, rng, space, tc)
             for _ in range(tc.steps_per_epoch):
                 if self._cancel_now():
                     stopped = "cancelled"
                     break
-                samples = [self._draw(int(frames[rng.integers(n_fr)]), rng, space, tc.augment, True)
-                           for _ in range(tc.batch_size)]
-                x, t, w, sc = self._collate(samples)
+                x, t, w, sc = self._collate(batches.next())
                 self._saw_batch(x)
                 opt.zero_grad(set_to_none=True)
                 with self._autocast():
@@ -554,6 +611,7 @@ class Trainer:
                 if over_time:
                     stopped = "time"
                     break
+            batches.close()
             if stopped in ("cancelled", "diverged"):
                 break
             if not losses:
