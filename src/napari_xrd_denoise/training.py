@@ -77,7 +77,6 @@ class EpochBatches:
 
     def next(self) -> list[Sample]:
         if self._pool is None:
-            self._left -= 1
             return self._draw()
         fut = self._queue.popleft()
         batch = fut.result()  # re-raises an error of the drawing thread here
@@ -298,15 +297,12 @@ class Trainer:
             s.weight = s.weight * keep.astype(np.float32)
         return s
 
-    def _batch(self, frames: np.ndarray, rng: np.random.Generator, space: str, augment: bool) -> list[Sample]:
+    def _batch(self, frames: np.ndarray, rng: np.random.Generator, space: str) -> list[Sample]:
         """One training batch: ``train.batch_size`` patches of frames drawn from ``frames``."""
+        tc = self.config.train
         with self._data_lock:
-            return [self._draw(int(frames[rng.integers(frames.size)]), rng, space, augment, True)
-                    for _ in range(self.config.train.batch_size)]
-
-    def _epoch_batches(self, frames: np.ndarray, rng: np.random.Generator, space: str, tc) -> "EpochBatches":
-        return EpochBatches(lambda: self._batch(frames, rng, space, tc.augment), tc.steps_per_epoch,
-                            PREFETCH if tc.prefetch else 0)
+            return [self._draw(int(frames[rng.integers(frames.size)]), rng, space, tc.augment, True)
+                    for _ in range(tc.batch_size)]
 
     def _collate(self, samples: list[Sample]) -> tuple[torch.Tensor, ...]:
         dev = self.device
@@ -576,7 +572,8 @@ class Trainer:
             n_fr = min(self.train_frames.size, self.frames_per_epoch_cap)
             frames = rng.choice(self.train_frames, size=n_fr, replace=False)
             losses = []
-            self._batches = batches = self._epoch_batches(frames, rng, space, tc)
+            self._batches = batches = EpochBatches(lambda: self._batch(frames, rng, space), tc.steps_per_epoch,
+                                                   PREFETCH if tc.prefetch else 0)
             for _ in range(tc.steps_per_epoch):
                 if self._cancel_now():
                     stopped = "cancelled"
