@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from napari_xrd_denoise import bench as B
-from napari_xrd_denoise.io.stack import ScanStack
 
 BOX = (slice(135, 170), slice(55, 100))
 
@@ -45,9 +44,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"{B.MERLIN}: the real Merlin scan is not here")
 
     raw, valid = B._merlin_frames()
-    a, ref, var_ref = B.thinned(raw.astype(np.int64), valid, B.STEM_P, seed=3)
-    a_u = np.where(valid, a, np.iinfo(np.uint32).max).astype(np.uint32).reshape((2, 4) + raw.shape[1:])
-    stack = ScanStack.from_array(a_u, frame_ndim=2, source="Merlin thinned")
+    a, ref, var_ref, stack = B.merlin_thinned(raw, valid, "Merlin thinned")
     st = B.settings_for(False)
     est: dict[str, np.ndarray] = {}
     for name, extra in (("neighbors", {}), ("neighbors, residual on", {"model__residual": True})):
@@ -69,8 +66,8 @@ def main(argv=None) -> None:
     for name, d in est.items():
         e = np.where(valid, (d - ref) ** 2 - var_ref, 0.0)
         psnr = B.mean_corrected(B.psnr(d, ref, valid, "counts"), ideal["psnr_counts"])
-        inside = float(e[:, box].sum())
-        print(f"{name:32s} {psnr:17.2f} {e.sum():10.0f} {inside:11.0f} {e.sum() - inside:9.0f}")
+        total, inside = float(e.sum()), float(e[:, box].sum())
+        print(f"{name:32s} {psnr:17.2f} {total:10.0f} {inside:11.0f} {total - inside:9.0f}")
         maps[name] = e.sum(0)
     if args.png is not None and "BM3D-Anscombe" in maps:
         write_png(args.png, np.where(valid[0], a[0], np.nan), maps["neighbors"], maps["BM3D-Anscombe"])

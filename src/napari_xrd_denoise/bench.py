@@ -722,6 +722,17 @@ def _merlin_frames() -> tuple[np.ndarray, np.ndarray]:
     return raw, src.valid(raw)
 
 
+def merlin_thinned(full: np.ndarray, valid: np.ndarray, source: str):
+    """Counts of the Merlin scan's shape ``(8, H, W)`` thinned as the 4D-STEM suites thin them (``STEM_P``,
+    seed 3): ``(input, reference, reference variance, input as the 2x4 ScanStack)``; invalid pixels are
+    the uint32 sentinel in the stack."""
+    from .io.stack import ScanStack
+
+    a, ref, var_ref = thinned(full.astype(np.int64), valid, STEM_P, seed=3)
+    a_u = np.where(valid, a, np.iinfo(np.uint32).max).astype(np.uint32).reshape((2, 4) + full.shape[1:])
+    return a, ref, var_ref, ScanStack.from_array(a_u, frame_ndim=2, source=source)
+
+
 def merlin_twin_mean(raw: np.ndarray, valid: np.ndarray, sigma: float = MERLIN_TWIN_SIGMA) -> np.ndarray:
     """A known mean for a simulated twin of the Merlin scan: the frames' common pattern (their mean over
     valid pixels, smoothed over valid pixels by a normalised Gaussian of ``sigma`` px) times each frame's
@@ -745,7 +756,6 @@ def stem_twin_suite(st: Settings, device: str, progress, draw: int) -> Suite | N
     """A simulated twin of the Merlin scan with a known mean (one of two independent draws): the
     neighbour method, Noise2Self, the default and BM3D scored against the truth, and the real suite's
     'vs the mean, est.' column checked against it on the same data."""
-    from .io.stack import ScanStack
     from .physics.binomial import adjacent_correlation
     from .synthetic import charge_shared_counts
 
@@ -758,10 +768,8 @@ def stem_twin_suite(st: Settings, device: str, progress, draw: int) -> Suite | N
     q = rho / (1.0 - 2.0 * rho)  # rho = q / (1 + 2 q)
     full = charge_shared_counts(lam, q, np.random.default_rng(MERLIN_TWIN_SEEDS[draw]))
     rho_sim = adjacent_correlation(full, valid)
-    a, ref, var_ref = thinned(full.astype(np.int64), valid, STEM_P, seed=3)
+    a, ref, var_ref, stack = merlin_thinned(full, valid, f"Merlin twin {draw}")
     truth = lam * STEM_P
-    a_u = np.where(valid, a, np.iinfo(np.uint32).max).astype(np.uint32).reshape((2, 4) + raw.shape[1:])
-    stack = ScanStack.from_array(a_u, frame_ndim=2, source=f"Merlin twin {draw}")
     results = _project_results(stack, [m for m in _methods_for(stack, False, True) if m.lstrip("!") in
                                        ("n2s", "neighbors")], st.budget_s, device, st, progress)
     results += [r for r in run_baselines(a, valid, truth, bm3d=st.name != "tiny") if r.name != "median 3x3"]
@@ -789,19 +797,16 @@ def stem_twin_suite(st: Settings, device: str, progress, draw: int) -> Suite | N
 
 def real_stem_suite(st: Settings, device: str, progress) -> Suite | None:
     """Real Merlin 4D-STEM 2x4 scan thinned to 25 %: the only real scan with a 2-D scan grid here."""
-    from .io.stack import ScanStack
     from .physics.binomial import adjacent_correlation
 
     if not st.stem or not MERLIN.exists():
         return None
     progress(f"real Merlin 4D-STEM 2x4 scan thinned to {STEM_P:.0%}")
     raw, valid = _merlin_frames()
-    a, ref, var_ref = thinned(raw.astype(np.int64), valid, STEM_P, seed=3)
+    a, ref, var_ref, stack = merlin_thinned(raw, valid, "Merlin thinned")
     rho = adjacent_correlation(raw, valid)
     lam = np.where(valid, raw, 0).sum(0) / np.maximum(valid.sum(0), 1)
     rho_sim = adjacent_correlation(np.random.default_rng(0).poisson(np.broadcast_to(lam, raw.shape)), valid)
-    a_u = np.where(valid, a, np.iinfo(np.uint32).max).astype(np.uint32).reshape((2, 4) + raw.shape[1:])
-    stack = ScanStack.from_array(a_u, frame_ndim=2, source="Merlin thinned")
     results = _project_results(stack, [m for m in _methods_for(stack, False, True) if m.lstrip("!") in
                                        ("n2s", "n2n-split", "neighbors", VARIANTS["neighbors"][0])],
                                st.budget_s, device, st, progress)
