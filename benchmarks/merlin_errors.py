@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_xrd_denoise import bench as B
+from napari_xrd_denoise.baselines import bm3d_anscombe
+from napari_xrd_denoise.errors import XRDError
 
 BOX = (slice(135, 170), slice(55, 100))
 
@@ -51,12 +53,11 @@ def main(argv=None) -> None:
         print(f"training {name} for {args.seconds:g} s ...", flush=True)
         r = B.train_predict("neighbors", stack, args.seconds, args.device, st, seed=args.seed, **extra)
         est[name] = np.asarray(r.den, dtype=np.float64).reshape(ref.shape)
-    bm3d = [r for r in B.run_baselines(a, valid, ref, bm3d=True) if r.name == "BM3D-Anscombe"]
-    if bm3d and bm3d[0].den is not None:
-        est["BM3D-Anscombe"] = np.asarray(bm3d[0].den, dtype=np.float64).reshape(ref.shape)
+    try:
+        est["BM3D-Anscombe"] = np.asarray(bm3d_anscombe(a, valid), dtype=np.float64).reshape(ref.shape)
         est["average of neighbors and BM3D"] = 0.5 * (est["neighbors"] + est["BM3D-Anscombe"])
-    else:
-        print("BM3D is not installed (pip install bm3d): its rows are left out")
+    except XRDError as e:
+        print(f"{e}: its rows are left out")
 
     ideal = B._ideal_row(ref, var_ref, valid)
     box = np.zeros(ref.shape[1:], dtype=bool)

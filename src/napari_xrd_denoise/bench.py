@@ -1428,7 +1428,7 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
           "which no correction removes); otherwise the row reads 'undecided'.",
           "- Training budgets are wall-clock: a slower CPU, or one without bfloat16 instructions (it trains in "
           "float32), fits fewer epochs in the same budget, so the trained methods' numbers, and verdicts within a "
-          "few tenths of a dB of a goal, depend on the machine; each trained row's note gives the epochs it got.",
+          "few tenths of a dB of a goal, depend on the machine; each model's epochs (careamics: its steps) are in its row's note.",
           "- The oracle Gaussian chooses its width on the reference: an upper bound for a Gaussian filter.",
           "- careamics N2V gets the preprocessing BM3D gets: the Anscombe transform (invalid pixels filled "
           "from valid neighbours, since it has no mask; its output there is kept, hence 'invalid filled') and "
