@@ -309,6 +309,31 @@ def test_epoch_batches_stay_at_most_depth_ahead_and_close_drops_the_rest():
 
 
 # --- cancel / resume ---------------------------------------------------------------------------------
+def test_cancel_before_the_first_epoch_makes_no_model(tmp_path):
+    """Stopped inside the first epoch there are no trained weights: the trainer raises Cancelled (after a
+    'cancelled' event) instead of returning the untrained network as if it were a result, and writes no
+    checkpoint; a run stopped after an epoch still returns its best model (test below)."""
+    from napari_xrd_denoise.errors import Cancelled
+
+    frames, _ = ring_frames(n=4, shape=(64, 64))
+    ckpt = tmp_path / "ck.pt"
+    events = []
+    tr = Trainer(quick(epochs=3, steps_per_epoch=50, width=8, patch_size=48), ScanStack.from_array(frames),
+                 checkpoint=ckpt, callback=lambda e: (events.append(e), e.kind == "step" and e.step >= 3 and tr.cancel()))
+    with pytest.raises(Cancelled, match="before its first epoch finished"):
+        tr.run()
+    assert events[-1].kind == "cancelled" and "no new model" in events[-1].message
+    assert not ckpt.exists() and tr.stopped == "cancelled"
+
+
+def test_divergence_in_the_first_epoch_is_an_error_not_a_model():
+    frames, _ = ring_frames(n=4, shape=(48, 48))
+    tr = Trainer(quick(epochs=2, steps_per_epoch=4), ScanStack.from_array(frames))
+    tr.method.loss = lambda out, *a, **k: out.float().sum() * float("nan")
+    with pytest.raises(XRDError, match="diverged.*no model was made.*train.lr"):
+        tr.run()
+
+
 def test_cancel_returns_quickly_and_resume_continues(tmp_path):
     frames, _ = ring_frames(n=4, shape=(64, 64))
     ckpt = tmp_path / "ck.pt"

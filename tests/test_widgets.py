@@ -304,6 +304,12 @@ def test_stop_interrupts_training_within_a_second(make_napari_viewer, qtbot, sca
     load.open()
     qtbot.waitUntil(lambda: not load.busy, timeout=30000)
     assert load.state.stack.shape == SCAN + FRAME
+    _fast_training(train, epochs=1)  # a first model, from one finished epoch
+    train.steps_per_epoch.setValue(2)
+    train.start()
+    qtbot.waitUntil(lambda: not train.is_running, timeout=60000)
+    first = train.state.model
+    assert first is not None and len(first.history["train_loss"]) == 1
     _fast_training(train, epochs=10000)
     train.steps_per_epoch.setValue(1000)
     train.start()
@@ -315,7 +321,10 @@ def test_stop_interrupts_training_within_a_second(make_napari_viewer, qtbot, sca
     assert time.monotonic() - t0 < 1.0
     assert train.last_event.kind == "cancelled"
     assert train.stop_latency is not None and train.stop_latency < 1.0
-    assert train.state.model is not None  # the best model so far is kept
+    # stopped inside its first epoch, the run made no model: the previous one is kept, and the status says so
+    assert train.state.model is first
+    assert "no new model" in train.status.text() and "previous model is kept" in train.status.text()
+    assert train.progress.format() == "stopped"
     assert train.start_btn.isEnabled() and not train.stop_btn.isEnabled()
 
 

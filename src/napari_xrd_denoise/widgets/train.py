@@ -9,7 +9,7 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QWidget
 
 from ..config import METHODS, Config
-from ..errors import XRDError
+from ..errors import Cancelled, XRDError
 from ..io.stack import ScanStack
 from ._common import (
     PathField,
@@ -17,6 +17,7 @@ from ._common import (
     button,
     combo,
     dspin,
+    error_line,
     fmt_seconds,
     group,
     guarded,
@@ -320,6 +321,7 @@ class TrainWidget(QWidget):
             lambda post: _train_job(post, cfg, stack, ref, init, idx, holder),
             on_item=self._on_item,
             on_return=self._on_trained,
+            on_error=self._train_failed,
             on_finish=self._finished,
         )
 
@@ -341,6 +343,17 @@ class TrainWidget(QWidget):
     def _finished(self) -> None:
         self._worker = None
         self._set_running(False)
+
+    def _train_failed(self, exc: BaseException) -> None:
+        """The trainer raised (the notification is already shown): say so where the user is looking.
+        Stopped before the first epoch finished, it made no model, and the previous one stays."""
+        kept = " The previous model is kept." if self.state.model is not None else ""
+        if isinstance(exc, Cancelled):
+            self.status.setText(f"Stopped before the first epoch finished: no new model.{kept}")
+            self.progress.setFormat("stopped")
+        else:
+            self.status.setText(f"Training failed: {error_line(exc)}.{kept}")
+            self.progress.setFormat("failed")
 
     @guarded
     def _on_trained(self, model) -> None:
