@@ -295,6 +295,29 @@ def test_bad_path_shows_error_and_widget_stays_usable(make_napari_viewer, tmp_pa
     assert load.state.stack is not None and load.state.stack.shape == SCAN + FRAME
 
 
+def test_layer_stack_keeps_what_the_reader_and_samples_know(scan_file):
+    """An image layer from the plugin's reader or sample data opens with its detector mask, pixel size and
+    beam centre (kept in the layer's metadata); a layer whose data no longer match is opened bare."""
+    from napari_xrd_denoise.io.napari_io import layer_stack, read_layers
+    from napari_xrd_denoise.sample_data import lab6_scan, synthetic_scan
+
+    data, kw, _ = lab6_scan()[0]
+    st = layer_stack(data, kw["metadata"], kw["name"], saturation=1e6)
+    assert int((~st.static_valid).sum()) == 2730 and st.pixel_size == (0.000172, 0.000172)
+    assert st.saturation == 1e6  # the user's setting wins
+    frame = np.asarray(st.data[0]).astype(float)
+    assert np.isnan(np.where(st.valid(frame), frame, np.nan)[:, 487:494]).all()  # the module gap is invalid
+    data, kw, _ = synthetic_scan()[0]
+    st = layer_stack(data, kw["metadata"], kw["name"])
+    assert st.beam_center is not None and np.allclose(st.beam_center, kw["metadata"]["center"])
+    assert int((~st.static_valid).sum()) > 0
+    data, kw, _ = read_layers(str(scan_file))[0]
+    st = layer_stack(data, kw["metadata"], kw["name"])
+    assert st.source == str(scan_file) and st.static_valid is not None
+    bare = layer_stack(np.zeros((3, 8, 8), np.uint16), kw["metadata"], "edited")  # data replaced: shapes differ
+    assert bare.static_valid is None and bare.source == "layer 'edited'"
+
+
 @pytest.mark.gui
 def test_stop_interrupts_training_within_a_second(make_napari_viewer, qtbot, scan):
     viewer = make_napari_viewer()

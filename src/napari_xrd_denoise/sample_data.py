@@ -81,6 +81,8 @@ def synthetic_scan() -> list[tuple[Any, dict[str, Any], str]]:
     """napari sample: a 4x4 synthetic scan at low dose (raw counts), its ground truth and its invalid pixels."""
     from .synthetic import make_scan
 
+    from .io.napari_io import STACK_KEY
+
     scan = make_scan(scan_shape=(4, 4), frame_shape=(256, 256), dose="low", seed=0)
     meta = scan.metadata()
     invalid = (~scan.valid).astype(np.uint8)
@@ -93,7 +95,7 @@ def synthetic_scan() -> list[tuple[Any, dict[str, Any], str]]:
                 "colormap": "magma",
                 "contrast_limits": lims,
                 "gamma": 0.5,
-                "metadata": meta,
+                "metadata": {**meta, STACK_KEY: scan.to_stack()},  # the Load widget opens it with its mask and centre
             },
             "image",
         ),
@@ -115,6 +117,9 @@ def synthetic_scan() -> list[tuple[Any, dict[str, Any], str]]:
 
 def lab6_scan() -> list[tuple[Any, dict[str, Any], str]]:
     """napari sample: 6 real LaB6 Pilatus 300K-W frames (SSRL BL 7-2) and their invalid (gap) pixels."""
+    from .io.napari_io import STACK_KEY
+    from .io.readers import open_stack
+
     s = load_lab6()
     meta = {
         "two_theta_deg": [float(t) for t in s["two_theta_deg"]],
@@ -122,6 +127,7 @@ def lab6_scan() -> list[tuple[Any, dict[str, Any], str]]:
         "pixel_size": s["pixel_size"],
         "source": str(sample_path("lab6")),
         "provenance": s["provenance"],
+        STACK_KEY: open_stack(sample_path("lab6")),  # as the reader opens the file: gaps masked, lazy
     }
     return [
         (

@@ -6,6 +6,7 @@ layer of the detector's invalid pixels when the file has a static mask.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..errors import XRDError
 from .readers import ALL_SUFFIXES, SERIES_SUFFIXES, detect_format, open_stack
+from .stack import ScanStack
 from .writers import output_kind, write_array
 
 LayerData = tuple[Any, dict, str]
@@ -70,7 +72,7 @@ def _layers_for(path: str) -> list[LayerData]:
         "beam_center": stack.beam_center,
         "count_time": stack.count_time,
         "notes": list(stack.notes),
-        "xrd_stack": stack,
+        STACK_KEY: stack,
     }
     layers: list[LayerData] = [(stack.data, {"name": name, "metadata": meta}, "image")]
     if stack.static_valid is not None and stack.frame_ndim == 2 and not stack.static_valid.all():
@@ -78,6 +80,28 @@ def _layers_for(path: str) -> list[LayerData]:
         layers.append((invalid, {"name": f"{name} invalid pixels", "opacity": 0.5,
                                  "metadata": {"source": stack.source, "kind": "invalid pixels"}}, "labels"))
     return layers
+
+
+#: layer metadata key under which the reader and the sample data keep the layer's :class:`ScanStack`
+STACK_KEY = "xrd_stack"
+
+
+def layer_stack(data: Any, metadata: dict | None, name: str, *, frame_ndim: int = 2, keep_negatives: bool = False,
+                saturation: float | None = None) -> ScanStack:
+    """The :class:`ScanStack` behind an image layer: the one the reader or the sample data stored in the
+    layer's metadata (with its detector mask, saturation, pixel size and beam centre) when it still has
+    the layer's shape, else the bare array. ``saturation`` / ``keep_negatives`` (the user's settings)
+    override the stored stack's when given."""
+    st = (metadata or {}).get(STACK_KEY)
+    if isinstance(st, ScanStack) and st.shape == tuple(getattr(data, "shape", ())):
+        changes: dict[str, Any] = {}
+        if saturation is not None:
+            changes["saturation"] = float(saturation)
+        if keep_negatives and not st.keep_negatives:
+            changes["keep_negatives"] = True
+        return dataclasses.replace(st, **changes) if changes else st
+    return ScanStack.from_array(data, frame_ndim=frame_ndim, source=f"layer '{name}'", format="napari layer",
+                                keep_negatives=keep_negatives, saturation=saturation)
 
 
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:

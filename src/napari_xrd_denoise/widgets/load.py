@@ -278,11 +278,11 @@ class LoadWidget(QWidget):
             layer = self.viewer.layers[name]
             if layer.multiscale:
                 raise XRDError(f"layer '{name}' is multiscale; open the file instead")
+            from ..io.napari_io import layer_stack
+
             d = self.state.config.data
-            stack = ScanStack.from_array(
-                layer.data, frame_ndim=d.ndim or 2, source=f"layer '{name}'", format="napari layer",
-                keep_negatives=d.keep_negatives, saturation=d.saturation,
-            )
+            stack = layer_stack(layer.data, layer.metadata, name, frame_ndim=d.ndim or 2,
+                                keep_negatives=d.keep_negatives, saturation=d.saturation)
             return stack, name
         p = self.path.path("input file")
         if not p.exists():
