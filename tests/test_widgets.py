@@ -400,7 +400,8 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
     # --- train a few steps, then Stop ---------------------------------------------------------------
     _fast_training(train, epochs=500)
     train.start()
-    qtbot.waitUntil(lambda: "denoised preview" in viewer.layers, timeout=60000)
+    # stopped after an epoch has finished (before it, a run makes no model)
+    qtbot.waitUntil(lambda: "denoised preview" in viewer.layers and bool(train.history), timeout=60000)
     assert viewer.layers["denoised preview"].data.shape == FRAME
     train.stop()
     qtbot.waitUntil(lambda: not train.is_running, timeout=1000)
@@ -490,6 +491,20 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
     n0 = _n_records()
     export.export_model()
     assert any("exists" in e for e in _errors_since(n0))
+    # napari's own Save layer on the denoised layer writes the same provenance as Export
+    viewer.layers["scan_master denoised"].save(str(tmp_path / "layer.h5"), plugin="napari-xrd-denoise")
+    data2, _, prov2 = read_result(tmp_path / "layer.h5")
+    np.testing.assert_array_equal(np.asarray(data2), den)
+    data2.file.close()
+    assert prov2["input_file"] == prov["input_file"] == str(scan_file) and prov2["method"] == "n2s"
+    assert Config.from_dict(json.loads(prov2["config"])).method.name == "n2s" and prov2["model_version"]
+
+    # --- opening other data removes the old results and previews (they no longer match) --------------
+    _open(qtbot, load, scan_file, scan_shape="3x2")
+    assert viewer.layers["scan_master raw"].data.shape == (3, 2) + FRAME
+    left = [lay.name for lay in viewer.layers if lay.metadata.get("xrd_role") in ("denoised", "residual", "map", "preview")]
+    assert left == [] and "scan_master denoised" not in viewer.layers and "symmetric partner" not in viewer.layers
+    assert "roi" in viewer.layers and "truth" in viewer.layers  # the user's own layers stay
 
 
 @pytest.mark.gui

@@ -113,15 +113,19 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     if isinstance(data, list):  # multiscale: write the full-resolution level
         data = data[0]
     meta = dict(attributes.get("metadata") or {})
-    prov = {
-        "layer_name": str(attributes.get("name", "")),
-        "input_file": str(meta.get("source", "")),
-        "input_dataset": str(meta.get("dataset") or ""),
-        "method": str(meta.get("method", "")),
-        "command_line": "napari: save layer",
-    }
-    if "config" in meta:
-        prov["config"] = meta["config"] if isinstance(meta["config"], str) else str(meta["config"])
+    if isinstance(meta.get("provenance"), dict):  # a denoised layer of the Predict widget: its full record
+        prov = {str(k): v for k, v in meta["provenance"].items()}
+        prov.update(layer_name=str(attributes.get("name", "")), saved_by="napari: save layer")
+    else:
+        prov = {
+            "layer_name": str(attributes.get("name", "")),
+            "input_file": str(meta.get("source", "")),
+            "input_dataset": str(meta.get("dataset") or ""),
+            "method": str(meta.get("method", "")),
+            "command_line": "napari: save layer",
+        }
+        if "config" in meta:
+            prov["config"] = meta["config"] if isinstance(meta["config"], str) else str(meta["config"])
     frame_ndim = int(meta.get("frame_ndim", 2 if getattr(data, "ndim", 2) >= 2 else 1))
     out = write_array(path, data, provenance=prov, overwrite=True, frame_ndim=frame_ndim)
     return [str(out)]

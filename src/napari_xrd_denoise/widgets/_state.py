@@ -130,6 +130,18 @@ class XRDState:
         self.model = model
         self.model_changed.emit(model)
 
+    def result_provenance(self, result: Result) -> dict:
+        """What a written result records (:func:`napari_xrd_denoise.api.provenance`): the configuration it
+        was made with, the input, the method and the model's version; the same for Export and for the
+        denoised layer's metadata (napari's own Save layer)."""
+        from ..api import provenance
+
+        cfg = result.config or self.config
+        prov = provenance(cfg, self.working_stack(), {"interface": "napari", "method": result.method or cfg.method.name})
+        if self.model is not None:
+            prov["model_version"] = str(getattr(self.model, "version", ""))
+        return prov
+
     def set_result(self, result: Result | None) -> None:
         self.result = result
         self.result_changed.emit(result)

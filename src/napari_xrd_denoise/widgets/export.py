@@ -89,13 +89,8 @@ class ExportWidget(QWidget):
         if res is None:
             raise XRDError("no result: denoise the stack in the Predict widget first")
         p = self._target(self.data_path, "denoised output", DATA_SUFFIXES)
-        from ..api import provenance
-
-        cfg = res.config or self.state.config
         stack = self.state.working_stack()
-        prov = provenance(cfg, stack, {"interface": "napari", "method": res.method or cfg.method.name})
-        if self.state.model is not None:
-            prov["model_version"] = str(getattr(self.state.model, "version", ""))
+        prov = self.state.result_provenance(res)
         self.data_btn.setEnabled(False)
         self.status.setText(f"Writing {p.name}…")
 

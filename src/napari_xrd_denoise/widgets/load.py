@@ -41,6 +41,10 @@ FILE_FILTER = (
 )
 
 
+#: layer roles (metadata ``xrd_role``) tied to one opened stack, removed when another is opened
+STALE_ROLES = ("denoised", "residual", "map", "preview")
+
+
 def counts_view(stack: ScanStack):
     """A lazy float32 view of the stack for display: raw values, NaN where invalid (never computed whole)."""
     data = stack.data
@@ -332,6 +336,7 @@ class LoadWidget(QWidget):
         old = self.state.raw_layer
         if old and old in self.viewer.layers and old != name:
             self.viewer.layers.remove(old)
+        self._drop_stale_layers()
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
         self.viewer.add_image(
@@ -347,6 +352,17 @@ class LoadWidget(QWidget):
         self.info.setText(res["info"])
         self._refresh_layers()
         self.update_preview()
+
+    def _drop_stale_layers(self) -> None:
+        """Remove the previous stack's results and previews (denoised, residual, maps, training and symmetry
+        previews): they no longer match the data, and side by side would show them against the new frames."""
+        from napari.utils.notifications import show_info
+
+        stale = [layer.name for layer in self.viewer.layers if layer.metadata.get("xrd_role") in STALE_ROLES]
+        for n in stale:
+            self.viewer.layers.remove(n)
+        if stale:
+            show_info(f"removed the previous data's result and preview layers: {', '.join(stale)}")
 
     @guarded
     def crop_from_shapes(self) -> None:

@@ -390,8 +390,9 @@ class MaskWidget(QWidget):
         shown = np.where(pv, partner, np.nan).astype(np.float32)
         off = self._offset()
         set_layer(self.viewer, PARTNER_LAYER, shown, contrast_limits=robust_limits(shown), colormap="magma",
-                  translate=off)
-        set_layer(self.viewer, COMMON_LAYER, common.astype(np.uint8), kind="labels", translate=off, opacity=0.35)
+                  translate=off, metadata={"xrd_role": "preview"})
+        set_layer(self.viewer, COMMON_LAYER, common.astype(np.uint8), kind="labels", translate=off, opacity=0.35,
+                  metadata={"xrd_role": "preview"})
         self.score = float(symmetry_score(c, v, center, kind, angle, guard=guard))
         self.center_info.setText(
             f"Frame {i}: {kind} symmetry score {self.score:.3f} about ({center[0]:.2f}, {center[1]:.2f}); "

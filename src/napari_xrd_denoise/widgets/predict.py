@@ -12,12 +12,13 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QTableWidget, QTableWidgetItem, QWidget
 
 from ..config import Config, InferConfig
-from ..errors import XRDError
+from ..errors import Cancelled, XRDError
 from ._common import (
     PathField,
     PlotCanvas,
     button,
     combo,
+    error_line,
     fmt_seconds,
     go_to_frame,
     group,
@@ -78,8 +79,6 @@ def _predict_job(post, model, stack, output, infer: InferConfig, prov: dict, can
         t1 = time.monotonic()
         for c0 in range(0, n, step):
             if cancel.is_set():
-                from ..errors import Cancelled
-
                 raise Cancelled("virtual-detector maps cancelled")
             c1 = min(n, c0 + step)
             c, v = stack.counts(stack.frames(c0, c1))
@@ -259,7 +258,7 @@ class PredictWidget(QWidget):
                                       cfg.method.center),
             on_item=self._on_item,
             on_return=self._on_result,
-            on_error=lambda e: self.status.setText(f"Stopped: {e}".splitlines()[0]),
+            on_error=self._failed,
             on_finish=self._finished,
         )
 
@@ -268,6 +267,12 @@ class PredictWidget(QWidget):
             self._cancel.set()
             self.stop_btn.setEnabled(False)
             self.progress.setFormat("stopping…")
+
+    def _failed(self, exc: BaseException) -> None:
+        """Stopped by the user or failed (the notification is already shown): no result, and the bar says so."""
+        stopped = isinstance(exc, Cancelled)
+        self.status.setText(f"{'Stopped' if stopped else 'Failed'}: {error_line(exc)}")
+        self.progress.setFormat("stopped" if stopped else "failed")
 
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
@@ -316,7 +321,10 @@ class PredictWidget(QWidget):
             if names[key] in self.viewer.layers:
                 self.viewer.layers.remove(names[key])
         kw = {} if translate is None else {"translate": translate}
-        self.viewer.add_image(den, name=names["denoised"], colormap="magma", metadata={"xrd_role": "denoised"},
+        meta = {"xrd_role": "denoised", "provenance": self.state.result_provenance(result)}  # for napari's Save layer
+        if stack is not None:
+            meta.update(source=str(stack.source), dataset=stack.dataset or "", frame_ndim=stack.frame_ndim)
+        self.viewer.add_image(den, name=names["denoised"], colormap="magma", metadata=meta,
                               **({"contrast_limits": limits} if limits else {}), **kw)
         if raw_layer is not None:
             raw_da = raw_layer.data

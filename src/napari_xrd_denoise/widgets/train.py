@@ -405,7 +405,7 @@ class TrainWidget(QWidget):
                 p = p[None]
             off = self.state.frame_offset if len(self.state.frame_offset) == p.ndim else (0.0,) * p.ndim
             set_layer(self.viewer, "denoised preview", p, contrast_limits=robust_limits(p), colormap="magma",
-                      translate=off)
+                      translate=off, metadata={"xrd_role": "preview"})
         elif k == "message" and ev.message:
             show_info(ev.message)
         elif k in ("done", "cancelled"):
