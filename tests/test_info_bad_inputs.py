@@ -121,7 +121,8 @@ def test_external_link_to_missing_file(tmp_path):
 
 def test_scan_shape_not_dividing(tmp_path):
     np.save(tmp_path / "a.npy", np.ones((12, 20, 20), np.uint16))
-    one_line_error("--scan-shape 5x2", tmp_path / "a.npy", scan_shape=(5, 2))
+    msg = one_line_error("scan shape 5x2 (--scan-shape)", tmp_path / "a.npy", scan_shape=(5, 2))
+    assert "12 frames" in msg and "a.npy" in msg
 
 
 def test_tiny_frames(tmp_path):

@@ -319,6 +319,32 @@ def test_layer_stack_keeps_what_the_reader_and_samples_know(scan_file):
 
 
 @pytest.mark.gui
+def test_narrow_docks_scroll_and_positive_minimums_stay_positive(make_napari_viewer, qtbot):
+    """A dock made narrower than its rows scrolls sideways (the Stop button stays reachable), and a spin box
+    with a tiny positive minimum (the gain) cannot be set to a 0 the Config rejects once rounded."""
+    from napari_xrd_denoise.widgets._common import dspin
+
+    from napari_xrd_denoise.widgets import LoadWidget, PredictWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    for W in (LoadWidget, TrainWidget, PredictWidget):
+        w = W(viewer)
+        qtbot.addWidget(w)
+        w.resize(300, 600)
+        w.show()
+        sb = w.scroll_area.horizontalScrollBar()
+        qtbot.waitUntil(lambda: sb.isVisible() and sb.maximum() > 0, timeout=5000)
+        # the whole row is reachable: the body keeps its natural width and the bar spans the rest
+        assert w.body.width() >= w.body.minimumSizeHint().width() > w.scroll_area.viewport().width()
+        assert sb.maximum() == w.body.width() - w.scroll_area.viewport().width()
+    load = LoadWidget(viewer)
+    s = dspin(1e-6, 1e6, 1.0, 0.1, 4)
+    s.setValue(0.0)
+    assert s.value() > 0
+    assert load.gain.minimum() > 0
+
+
+@pytest.mark.gui
 def test_stop_interrupts_training_within_a_second(make_napari_viewer, qtbot, scan):
     viewer = make_napari_viewer()
     load, masks, train, predict, export = _widgets(viewer)

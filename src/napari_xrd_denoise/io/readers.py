@@ -1370,7 +1370,7 @@ def load_mask(path: str | Path, frame_shape: Sequence[int] | None = None, *, non
     """
     path = Path(path)
     if not path.exists():
-        raise InputFileError(f"{path}: no such file (--mask)")
+        raise InputFileError(f"{path}: no such mask file (--mask)")
     m = np.asarray(_read_mask_array(path))
     if not _is_numeric(m.dtype):
         raise InputFileError(f"{path}: mask of type {m.dtype} is not numeric")

@@ -95,7 +95,7 @@ class ScanStack:
         scan_shape = tuple(int(s) for s in scan_shape)
         if math.prod(scan_shape) != self.n_frames:
             raise XRDError(
-                f"--scan-shape {'x'.join(map(str, scan_shape))} does not match {self.n_frames} frames in {self.label}"
+                f"scan shape {'x'.join(map(str, scan_shape))} (--scan-shape) does not match {self.n_frames} frames in {self.label}"
             )
         return replace(self, data=self.flat().reshape(scan_shape + self.frame_shape))
 

@@ -273,6 +273,8 @@ def spin(lo: int, hi: int, value: int, step: int = 1, tip: str = "") -> QSpinBox
 def dspin(lo: float, hi: float, value: float, step: float = 0.1, decimals: int = 3, tip: str = "") -> QDoubleSpinBox:
     s = QDoubleSpinBox()
     s.setDecimals(decimals)
+    if 0 < lo < 10.0**-decimals:  # a positive minimum must stay positive once rounded to the shown decimals
+        lo = 10.0**-decimals
     s.setRange(lo, hi)
     s.setSingleStep(step)
     s.setValue(value)
@@ -333,13 +335,13 @@ def group(title: str) -> tuple[QGroupBox, QFormLayout]:
 
 
 def vbox(widget: QWidget) -> QVBoxLayout:
-    """The layout of a dock widget's contents, inside a vertical scroll area (docks can be short)."""
+    """The layout of a dock widget's contents, inside a scroll area (docks can be short or narrow)."""
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
     scroll = QScrollArea(widget)
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)  # a dock narrower than its rows can still reach them
     body = QWidget()
     scroll.setWidget(body)
     outer.addWidget(scroll)

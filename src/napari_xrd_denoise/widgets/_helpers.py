@@ -45,7 +45,8 @@ def crop_frame(full: np.ndarray, frame_shape: tuple[int, ...], origin: tuple[int
     sl = tuple(slice(int(o), int(o) + s) for o, s in zip(origin, frame_shape))
     out = full[sl]
     if out.shape != tuple(frame_shape):
-        raise XRDError(f"mask of shape {full.shape} does not cover the cropped frame {frame_shape} at {origin}")
+        where = f"the cropped frame {tuple(frame_shape)} at {tuple(origin)}" if any(origin) else f"the frame {tuple(frame_shape)}"
+        raise XRDError(f"mask of shape {full.shape} does not cover {where}")
     return out
 
 

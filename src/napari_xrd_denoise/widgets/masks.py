@@ -296,7 +296,11 @@ class MaskWidget(QWidget):
         valid = np.asarray(load_mask(p), dtype=bool)
         excluded = ~valid
         if excluded.shape != st.frame_shape:
-            excluded = crop_frame(excluded, st.frame_shape, tuple(int(o) for o in self._offset()))
+            origin = tuple(int(o) for o in self._offset())
+            try:
+                excluded = crop_frame(excluded, st.frame_shape, origin)
+            except XRDError as e:
+                raise XRDError(f"{p}: {e}") from None
         self._add_to_layer(excluded, FROM_FILE)
         self.state.update_config("data", mask_file=str(p))
         self.excl_info.setText(f"{p.name}: {int(excluded.sum())} masked pixels added.")

@@ -95,6 +95,7 @@ class TrainWidget(QWidget):
         self.history: list[tuple[int, float | None, float | None]] = []  # (epochs completed, train, val)
         self.steps: list[tuple[int, float]] = []  # (global step, train loss)
         self.last_event = None
+        self._device_note: str | None = None
         self.stop_latency: float | None = None  # seconds from Stop to the trainer's "cancelled" event
         lay = vbox(self)
 
@@ -310,6 +311,7 @@ class TrainWidget(QWidget):
         self._init_plot()
         self._holder = {"trainer": None, "cancel": False}
         self._box["holder"] = self._holder
+        self._device_note = None
         self._t_stop = None
         self.progress.setRange(0, max(cfg.train.epochs * cfg.train.steps_per_epoch, 1))
         self.progress.setValue(0)
@@ -373,7 +375,8 @@ class TrainWidget(QWidget):
         if isinstance(item, tuple):
             kind, value = item
             if kind == "device" and value:
-                show_warning(str(value))
+                self._device_note = str(value)  # the trainer repeats it as a message: shown once, as a warning
+                show_warning(self._device_note)
             elif kind == "method":
                 self.status.setText(f"auto chose method {value}")
             return
@@ -406,7 +409,7 @@ class TrainWidget(QWidget):
             off = self.state.frame_offset if len(self.state.frame_offset) == p.ndim else (0.0,) * p.ndim
             set_layer(self.viewer, "denoised preview", p, contrast_limits=robust_limits(p), colormap="magma",
                       translate=off, metadata={"xrd_role": "preview"})
-        elif k == "message" and ev.message:
+        elif k == "message" and ev.message and ev.message != self._device_note:
             show_info(ev.message)
         elif k in ("done", "cancelled"):
             self._redraw()
