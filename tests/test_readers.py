@@ -481,7 +481,7 @@ def test_scan_shape(master3):
     s = open_stack(m, scan_shape=(3, 4))
     assert s.shape == (3, 4, 20, 24)
     np.testing.assert_array_equal(s.frame(7), ref[7])
-    with pytest.raises(XRDError, match="--scan-shape 5x3"):
+    with pytest.raises(XRDError, match=r"scan shape 5x3 \(--scan-shape\) does not match 12 frames"):
         open_stack(m, scan_shape=(5, 3))
 
 
