@@ -87,13 +87,16 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "frames too small": (["info", small], "small.npy"),
         "no valid pixel": (["info", nothing], "allbad.npy"),
         "bad option value": (["denoise", good, "-o", tmp / "o.h5", "--epochs", "0"], "train.epochs"),
+        "output is the input": (["denoise", good, "-o", good, "--overwrite"], "this is the input file"),
+        "model over the input": (["train", good, "--model", good], "good.h5: this is the input file"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
     ["missing file", "empty file", "random bytes", "not a detector file", "wrong dataset", "truncated hdf5",
-     "missing external link", "scan shape", "frames too small", "no valid pixel", "bad option value"],
+     "missing external link", "scan shape", "frames too small", "no valid pixel", "bad option value",
+     "output is the input", "model over the input"],
 )
 def test_bad_inputs_exit_2_with_one_line(case, tmp_path, capsys):
     args, must_name = _bad_inputs(tmp_path)[case]

@@ -131,7 +131,7 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
             f"--cycles {cfg.method.cycles}: iterative refinement denoises while it trains, so it runs in "
             "`xrd-denoise denoise` (train/predict use one cycle)"
         )
-    ref = None
+    ref, ref_src = None, None
     if cfg.method.name == "supervised":
         ref_src = reference if reference is not None else cfg.method.reference
         if ref_src is None:
@@ -148,7 +148,7 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
     if model_path is not None:
         from .io.atomic import check_output
 
-        check_output(Path(model_path), overwrite)
+        check_output(Path(model_path), overwrite, inputs=(stack.source, ref_src))
         if checkpoint is None:
             checkpoint = Path(str(model_path) + ".ckpt")
     trainer = Trainer(
@@ -193,7 +193,7 @@ def predict(
     if output is not None:
         from .io.atomic import check_output
 
-        check_output(Path(output), overwrite or resume)
+        check_output(Path(output), overwrite or resume, inputs=(source,))
     prov = provenance(cfg, stack, {"model_version": getattr(model, "version", "")})
     if workers or scheduler:
         from .distributed import predict_distributed
@@ -227,7 +227,9 @@ def denoise(
     if output is not None:
         from .io.atomic import check_output
 
-        check_output(Path(output), overwrite)
+        check_output(Path(output), overwrite, inputs=(source,))
+        if model_path is not None:
+            check_output(Path(model_path), overwrite, inputs=(source,))
     stack = open_input(source, cfg)
     if cfg.method.name == "neighbors" and cfg.method.cycles > 1:
         result = _denoise_refined(stack, cfg, output, callback=callback, overwrite=overwrite, model_path=model_path)

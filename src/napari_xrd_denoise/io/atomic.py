@@ -11,16 +11,29 @@ from typing import Iterator
 from ..errors import XRDError
 
 
-def check_output(path: Path, overwrite: bool) -> Path:
-    """Refuse to replace an existing output unless asked to; make sure its folder exists."""
+def check_output(path: Path, overwrite: bool, inputs: tuple = ()) -> Path:
+    """Refuse to replace an existing output unless asked to, and an input file (``inputs``: paths; other
+    objects are ignored) even then; make sure its folder exists."""
     path = Path(path)
     if path.is_dir():
         raise XRDError(f"{path}: output path is a directory")
+    for src in inputs:
+        if isinstance(src, (str, os.PathLike)) and _same_file(Path(src), path):
+            raise XRDError(f"{path}: this is the input file; the output must not replace it (choose another path)")
     if path.exists() and not overwrite:
         raise XRDError(f"{path}: output exists; pass --overwrite to replace it")
     if not path.parent.exists():
         raise XRDError(f"{path.parent}: output folder does not exist")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
