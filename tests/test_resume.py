@@ -161,6 +161,7 @@ def test_train_ctrl_c_keeps_the_checkpoint(scan, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-1000:]
     assert "interrupted" in err and "Traceback" not in err
+    assert f"checkpoint {ckpt} is kept" in err and "--resume" in err  # and says how to go on
     assert not model.exists()
     d = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert d["format"] == "napari-xrd-denoise-checkpoint" and d["epoch"] >= 0

@@ -401,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        ckpt = Path(f"{args.model}.ckpt") if args.command == "train" and getattr(args, "model", None) else None
+        if ckpt is not None and ckpt.is_file():
+            print(f"{PROG}: interrupted; the last checkpoint {ckpt} is kept (the same command with --resume "
+                  "continues from it)", file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
         print(f"{PROG}: error: out of memory; try a smaller --infer-batch, --tile or --batch-size", file=sys.stderr)
