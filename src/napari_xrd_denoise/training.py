@@ -388,8 +388,9 @@ class Trainer:
                              history=self.history, device=self.device)
 
     def _preview(self) -> np.ndarray:
-        """The preview frame denoised in counts by the current weights, single pass (the base
-        :meth:`Method.denoise`, cheap; multi-pass inference is left to the final prediction)."""
+        """The preview frame denoised in counts by the current weights, in one network pass: the method's
+        own inference (a split-trained network needs its half and context channels) with one split pass,
+        no J-invariant phases and no test-time augmentation; the full inference is the final prediction's."""
         try:
             m = self._model()
             with self._data_lock:  # the batch thread reads the same frame cache
@@ -397,7 +398,8 @@ class Trainer:
             inf = copy.deepcopy(self.config.infer)
             inf.j_invariant = False
             inf.tta = False
-            return Method.denoise(self.method, m.runner(inf), batch, inf)[0]
+            inf.split_passes = 1
+            return self.method.denoise(m.runner(inf), batch, inf)[0]
         finally:
             self.net.train()
 
