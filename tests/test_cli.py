@@ -87,6 +87,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "frames too small": (["info", small], "small.npy"),
         "no valid pixel": (["info", nothing], "allbad.npy"),
         "bad option value": (["denoise", good, "-o", tmp / "o.h5", "--epochs", "0"], "train.epochs"),
+        "negative seed": (["denoise", good, "-o", tmp / "o.h5", "--seed", "-1"], "train.seed"),
+        "nan time budget": (["denoise", good, "-o", tmp / "o.h5", "--max-minutes", "nan"], "train.max_minutes"),
+        "infinite centre": (["denoise", good, "-o", tmp / "o.h5", "--method", "symmetry", "--center", "inf,3"],
+                            "method.center"),
         "output is the input": (["denoise", good, "-o", good, "--overwrite"], "this is the input file"),
         "model over the input": (["train", good, "--model", good], "good.h5: this is the input file"),
     }
@@ -96,7 +100,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     "case",
     ["missing file", "empty file", "random bytes", "not a detector file", "wrong dataset", "truncated hdf5",
      "missing external link", "scan shape", "frames too small", "no valid pixel", "bad option value",
-     "output is the input", "model over the input"],
+     "negative seed", "nan time budget", "infinite centre", "output is the input", "model over the input"],
 )
 def test_bad_inputs_exit_2_with_one_line(case, tmp_path, capsys):
     args, must_name = _bad_inputs(tmp_path)[case]
@@ -109,6 +113,14 @@ def test_bad_inputs_exit_2_with_one_line(case, tmp_path, capsys):
     assert must_name in lines[0]
     after = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     assert after == before  # inputs untouched, no output left behind
+
+
+def test_unparsable_option_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["denoise", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.h5"), "--epochs", "abc"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epochs" in err and "'abc'" in err and "--help" in err
 
 
 def _write_scan(tmp_path: Path) -> tuple[Path, np.ndarray]:

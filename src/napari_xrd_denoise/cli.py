@@ -164,8 +164,15 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
                         "(default 4; 0 = one full-frame pass, biased at a few counts per pixel)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line naming the argument and where to look (not the whole usage text)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Self-supervised denoising of X-ray diffraction scans.")
+    p = _Parser(prog=PROG, description="Self-supervised denoising of X-ray diffraction scans.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 

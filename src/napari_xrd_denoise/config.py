@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,14 @@ class Config:
         _range("train.lr", t.lr, 1e-8, 1.0)
         _range("train.val_fraction", t.val_fraction, 0.0, 0.5)
         _range("train.restarts", t.restarts, 1, 1000)
+        _range("train.seed", t.seed, 0, 2**32 - 1)
+        _range("train.threads", t.threads, 0, 4096)
+        _range("train.max_minutes", t.max_minutes, 0.0, 1e7)
+        _range("method.center_guard", m.center_guard, 0.0, 1e4)
+        _range("method.mirror_angle", m.mirror_angle, -360.0, 360.0)
+        _range("data.read_noise", dd.read_noise, 0.0, 1e9)
+        if dd.saturation is not None:
+            _range("data.saturation", dd.saturation, 1e-12, 1e300)
         _range("infer.batch_size", inf.batch_size, 1, 4096)
         _range("infer.tile", inf.tile, 16, 1 << 16)
         _range("infer.chunk_frames", inf.chunk_frames, 1, 1 << 20)
@@ -232,8 +241,8 @@ class Config:
                 raise ConfigError(f"data.scan_shape={dd.scan_shape} must be one or two positive integers, e.g. 141x121")
         if dd.crop is not None and len(dd.crop) not in (2, 4):
             raise ConfigError(f"data.crop={dd.crop} needs 4 numbers Y0,Y1,X0,X1 (2D) or 2 numbers C0,C1 (1D)")
-        if m.center is not None and len(m.center) != 2:
-            raise ConfigError(f"method.center={m.center} must be two numbers Y,X")
+        if m.center is not None and (len(m.center) != 2 or not all(math.isfinite(float(c)) for c in m.center)):
+            raise ConfigError(f"method.center={m.center} must be two finite numbers Y,X")
         if dd.gain <= 0:
             raise ConfigError(f"data.gain={dd.gain} must be positive")
 
