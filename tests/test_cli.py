@@ -87,6 +87,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "frames too small": (["info", small], "small.npy"),
         "no valid pixel": (["info", nothing], "allbad.npy"),
         "bad option value": (["denoise", good, "-o", tmp / "o.h5", "--epochs", "0"], "train.epochs"),
+        "unsupported output": (["denoise", good, "-o", tmp / "o.csv"], "o.csv: unsupported output format"),
         "negative seed": (["denoise", good, "-o", tmp / "o.h5", "--seed", "-1"], "train.seed"),
         "nan time budget": (["denoise", good, "-o", tmp / "o.h5", "--max-minutes", "nan"], "train.max_minutes"),
         "infinite centre": (["denoise", good, "-o", tmp / "o.h5", "--method", "symmetry", "--center", "inf,3"],
@@ -100,7 +101,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     "case",
     ["missing file", "empty file", "random bytes", "not a detector file", "wrong dataset", "truncated hdf5",
      "missing external link", "scan shape", "frames too small", "no valid pixel", "bad option value",
-     "negative seed", "nan time budget", "infinite centre", "output is the input", "model over the input"],
+     "unsupported output", "negative seed", "nan time budget", "infinite centre", "output is the input", "model over the input"],
 )
 def test_bad_inputs_exit_2_with_one_line(case, tmp_path, capsys):
     args, must_name = _bad_inputs(tmp_path)[case]

@@ -192,8 +192,10 @@ def predict(
     stack = open_input(source, cfg)
     if output is not None:
         from .io.atomic import check_output
+        from .io.writers import output_kind
 
         check_output(Path(output), overwrite or resume, inputs=(source,))
+        output_kind(output)  # an unsupported suffix is refused now, not after the work
     prov = provenance(cfg, stack, {"model_version": getattr(model, "version", "")})
     if workers or scheduler:
         from .distributed import predict_distributed
@@ -226,8 +228,10 @@ def denoise(
     cfg = make_config(config, **overrides)
     if output is not None:
         from .io.atomic import check_output
+        from .io.writers import output_kind
 
         check_output(Path(output), overwrite, inputs=(source,))
+        output_kind(output)  # an unsupported suffix is refused now, not after training
         if model_path is not None:
             check_output(Path(model_path), overwrite, inputs=(source,))
     stack = open_input(source, cfg)

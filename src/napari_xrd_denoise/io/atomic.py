@@ -24,6 +24,8 @@ def check_output(path: Path, overwrite: bool, inputs: tuple = ()) -> Path:
         raise XRDError(f"{path}: output exists; pass --overwrite to replace it")
     if not path.parent.exists():
         raise XRDError(f"{path.parent}: output folder does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise XRDError(f"{path.parent}: output folder is not writable")
     return path
 
 
@@ -44,7 +46,10 @@ def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
     claims to be complete is ever left behind.
     """
     path = check_output(Path(path), overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as e:  # a read-only file system, no permission, a full disk
+        raise XRDError(f"{path}: cannot write in {path.parent} ({e.strerror or e})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
