@@ -79,9 +79,8 @@ def _contrast(data: np.ndarray, valid: np.ndarray, percentile: float) -> list[fl
 
 def synthetic_scan() -> list[tuple[Any, dict[str, Any], str]]:
     """napari sample: a 4x4 synthetic scan at low dose (raw counts), its ground truth and its invalid pixels."""
-    from .synthetic import make_scan
-
     from .io.napari_io import STACK_KEY
+    from .synthetic import make_scan
 
     scan = make_scan(scan_shape=(4, 4), frame_shape=(256, 256), dose="low", seed=0)
     meta = scan.metadata()

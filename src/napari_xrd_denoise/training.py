@@ -507,7 +507,7 @@ class Trainer:
     def _finish(self, stopped: str, step: int, tc) -> None:
         """Called once after the last step, before the best weights are restored."""
 
-    def _no_model(self, stopped: str, epoch: int, step: int, tc) -> None:
+    def _no_model(self, stopped: str, epoch: int, step: int, total: int, tc) -> None:
         """Stopped (or diverged) before any epoch finished: there are no trained weights to return, so
         raise instead of handing back the untrained (or unchanged starting) network as if it were a
         result. A caller's previous model, and any checkpoint, stay as they were."""
@@ -516,8 +516,8 @@ class Trainer:
             raise XRDError("training diverged (non-finite loss) before its first epoch finished: no model was "
                            "made; try a lower train.lr")
         msg = "training stopped before its first epoch finished: no new model was made"
-        self._emit("cancelled", epoch=epoch, epochs=tc.epochs, step=step, total_steps=int(tc.epochs * tc.steps_per_epoch),
-                   elapsed_s=self._elapsed(), message=msg)
+        self._emit("cancelled", epoch=epoch, epochs=tc.epochs, step=step, total_steps=total, elapsed_s=self._elapsed(),
+                   message=msg)
         raise Cancelled(msg)
 
     def _run(self, cfg: Config, tc) -> DenoiserModel:
@@ -660,7 +660,7 @@ class Trainer:
 
         self._finish(stopped, step, tc)
         if best.get("state") is None and stopped in ("cancelled", "diverged"):
-            self._no_model(stopped, epoch, step, tc)
+            self._no_model(stopped, epoch, step, total, tc)
         if best.get("state") is not None:
             net.load_state_dict(best["state"])
         net.eval()

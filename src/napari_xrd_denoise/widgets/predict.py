@@ -323,7 +323,7 @@ class PredictWidget(QWidget):
         kw = {} if translate is None else {"translate": translate}
         meta = {"xrd_role": "denoised", "provenance": self.state.result_provenance(result)}  # for napari's Save layer
         if stack is not None:
-            meta.update(source=str(stack.source), dataset=stack.dataset or "", frame_ndim=stack.frame_ndim)
+            meta["frame_ndim"] = stack.frame_ndim
         self.viewer.add_image(den, name=names["denoised"], colormap="magma", metadata=meta,
                               **({"contrast_limits": limits} if limits else {}), **kw)
         if raw_layer is not None:
