@@ -299,3 +299,31 @@ def test_cluster_output_keeps_the_flux_correction_and_refuses_it_without_a_centr
     with pytest.raises(XRDError, match="--preserve-profile needs a geometry"):
         D.predict_distributed(plain, bare, infer=Config().replace(infer__preserve_profile=True).infer,
                               scheduler=cluster)
+
+
+def test_interrupted_then_resumed_on_the_cluster(cluster, files, tmp_path):
+    """A KeyboardInterrupt keeps the complete frames; resume=True continues there and equals one whole run."""
+    model = _model(files["n2s"])
+    stack = open_stack(files["h5"])
+    ref = predict_stack(model, stack, infer=model.config.infer)
+    out = tmp_path / "res.h5"
+
+    def stop_after_some(done, n):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        D.predict_distributed(model, stack, out, infer=model.config.infer, scheduler=cluster,
+                              progress=stop_after_some)
+    part = tmp_path / "res.h5.part"
+    assert not out.exists() and part.exists()
+    with h5py.File(part, "r") as f:
+        k = int(f["entry"].attrs["n_done"])
+    assert 3 <= k < 8
+    seen = []
+    D.predict_distributed(model, stack, out, infer=model.config.infer, scheduler=cluster, resume=True,
+                          progress=lambda d, n: seen.append(d))
+    assert seen[0] == k  # no frame before k is denoised again
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][()], ref)
+    assert not part.exists()

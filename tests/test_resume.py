@@ -116,6 +116,56 @@ def test_predict_killed_then_resumed_equals_an_uninterrupted_run(scan, tmp_path)
         assert f["entry"].attrs["complete"] == 1 and f["entry"].attrs["n_done"] == N
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".npy"])
+def test_predict_ctrl_c_keeps_the_part_and_resumes(scan, tmp_path, suffix):
+    """Ctrl-C (SIGINT) keeps the complete frames, says how to continue, and --resume finishes the same output."""
+    out = tmp_path / f"den{suffix}"
+    part = part_path(out)
+    state = part.with_name(part.name + ".json")
+    args = _cli() + ["predict", str(scan["npy"]), "-m", str(scan["model"]), "-o", str(out), "--config",
+                     str(scan["infer"]), "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    if suffix == ".h5":
+        _wait_for(lambda: part.exists() and _h5_n_done(part) >= 8, proc, what="8 frames written")
+    else:
+        _wait_for(lambda: state.exists() and json.loads(state.read_text() or "{}").get("n_done", 0) >= 8, proc,
+                  what="8 frames written")
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-1500:]
+    assert "interrupted" in err and str(part) in err and "--resume" in err, err[-500:]
+    assert "Traceback" not in err
+    assert not out.exists() and part.exists()
+    r = subprocess.run(args + ["--resume"], check=False, capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.exists() and not part.exists() and not state.exists()
+    reported = [int(v) for v in re.findall(rf"(\d+)/{N}", r.stderr)]
+    assert [v for v in reported if v > 0][0] >= 8, reported  # continued, not started again
+    model = DenoiserModel.load(scan["model"], device="cpu")
+    ref = predict_stack(model, open_stack(scan["npy"]), infer=Config.load(scan["infer"]).infer)
+    got = h5py.File(out, "r")["entry/data/data"][()] if suffix == ".h5" else np.load(out)
+    np.testing.assert_array_equal(got.reshape(ref.shape), ref)
+
+
+def test_denoise_ctrl_c_leaves_no_part(scan, tmp_path):
+    """`denoise` cannot resume, so an interrupted run leaves neither an output nor a .part behind."""
+    out = tmp_path / "den.h5"
+    part = part_path(out)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"method": {"name": "n2s"}, "model": {"width": 4, "depth": 1},
+                               "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "patch_size": 32,
+                                         "device": "cpu", "threads": 1, "val_fraction": 0.0},
+                               "infer": {"chunk_frames": 4, "batch_size": 2}}))
+    args = _cli() + ["denoise", str(scan["npy"]), "-o", str(out), "--config", str(cfg)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for(lambda: part.exists() and _h5_n_done(part) >= 8, proc, what="8 frames written")
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err[-1500:]
+    assert not out.exists() and not part.exists()
+    assert not part.with_name(part.name + ".json").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # train: kill -9 after the first checkpoint, then --resume
 # ------------------------------------------------------------------------------------------------

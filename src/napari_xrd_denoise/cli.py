@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr naming the file, dataset 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -392,6 +393,27 @@ def _log_to_stderr(quiet: bool) -> tuple[logging.Handler, int]:
     return h, previous
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """The line for Ctrl-C: what was kept and how to continue."""
+    from .io.writers import part_path
+
+    if args.command == "train" and getattr(args, "model", None):
+        ckpt = Path(f"{args.model}.ckpt")
+        if ckpt.is_file():
+            return f"interrupted; the last checkpoint {ckpt} is kept (the same command with --resume continues from it)"
+    output = getattr(args, "output", None)
+    if output and args.command in ("predict", "denoise"):
+        part = part_path(Path(output))
+        if part.is_file():
+            if args.command == "predict":
+                return (f"interrupted; the frames already written are kept in {part} (the same command with "
+                        "--resume continues from them)")
+            for p in (part, part.with_name(part.name + ".json")):  # denoise cannot resume: leave nothing
+                with contextlib.suppress(OSError):
+                    p.unlink()
+    return "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -408,12 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        ckpt = Path(f"{args.model}.ckpt") if args.command == "train" and getattr(args, "model", None) else None
-        if ckpt is not None and ckpt.is_file():
-            print(f"{PROG}: interrupted; the last checkpoint {ckpt} is kept (the same command with --resume "
-                  "continues from it)", file=sys.stderr)
-        else:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: {_interrupted(args)}", file=sys.stderr)
         return 130
     except MemoryError:
         print(f"{PROG}: error: out of memory; try a smaller --infer-batch, --tile or --batch-size", file=sys.stderr)

@@ -519,12 +519,15 @@ def predict_distributed(
                     progress(done, n)
             if cancel is not None and cancel.is_set() and done < n:
                 raise Cancelled("prediction cancelled")
-    except BaseException:
+    except BaseException as e:
         for f in list(futures):
             with contextlib.suppress(Exception):
                 f.cancel()
         if writer is not None:
-            writer.abort()
+            if isinstance(e, KeyboardInterrupt):
+                writer.suspend()  # complete leading frames are kept for resume=True
+            else:
+                writer.abort()
         raise
     finally:
         if client is not None:

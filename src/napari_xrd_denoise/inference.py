@@ -149,7 +149,8 @@ def predict_stack(
     ``output`` path (``.h5``/``.npy``/``.tif``): streams through ``io.writers.ResultWriter`` and returns
     the path; ``resume=True`` continues an interrupted output from the writer's ``n_done``.
     ``progress(done, total)`` is called after every chunk; setting ``cancel`` stops between batches,
-    aborts the writer (no output file is left) and raises :class:`~napari_xrd_denoise.errors.Cancelled`.
+    aborts the writer (no output file is left) and raises :class:`~napari_xrd_denoise.errors.Cancelled`;
+    a ``KeyboardInterrupt`` keeps ``<output>.part`` (HDF5, npy) so that ``resume=True`` continues it.
     ``center``: beam centre for the flux correction along the rings, overriding the model's.
     """
     inf = infer or model.config.infer
@@ -211,6 +212,10 @@ def predict_stack(
                 progress(done, n)
             if cancel is not None and cancel.is_set() and done < n:
                 raise Cancelled("prediction cancelled")
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.suspend()  # an interrupted run keeps its complete frames for resume=True
+        raise
     except BaseException:
         if writer is not None:
             writer.abort()

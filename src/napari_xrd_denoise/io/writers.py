@@ -419,6 +419,30 @@ class ResultWriter:
         self._remove_part()
         self._closed = True
 
+    def suspend(self) -> Path | None:
+        """Stop without finishing, keeping ``<output>.part`` for a later ``resume=True``.
+
+        HDF5 and ``.npy`` parts record the frames already complete, so they are closed and kept; returns
+        the part's path. A TIFF output cannot resume: it is aborted like :meth:`abort` and None returned.
+        """
+        if self._closed:
+            return self.part if self.part.exists() else None
+        if self.kind not in ("hdf5", "npy"):
+            self.abort()
+            return None
+        try:
+            self._flush_progress()
+            if self._h5 is not None:
+                self._h5.close()
+            if self._mm is not None:
+                self._mm.flush()
+        except (OSError, RuntimeError):
+            self.abort()
+            return None
+        self._h5 = self._mm = None
+        self._closed = True
+        return self.part
+
     def _remove_part(self) -> None:
         for p in (self.part, self._state_path(), self._state_path().with_suffix(".tmp")):
             with contextlib.suppress(OSError):
