@@ -227,3 +227,34 @@ def test_out_of_memory_retries_with_smaller_batch_and_tile(caplog):
         ref = net.conv(torch.from_numpy(x))[:, 0].numpy()
     inner = (slice(None), slice(8, -8), slice(8, -8))
     np.testing.assert_allclose(out[inner], ref[inner], atol=1e-4)
+
+
+def _conv_model(weight: float, bias: float) -> DenoiserModel:
+    """A 1x1 convolution as the network: weight 1, bias 0 is the identity; weight 0 a constant output."""
+    cfg = Config().replace(name="n2s", width=4, depth=2)
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(weight)
+        net.bias.fill_(bias)
+    return DenoiserModel(cfg, net.eval(), Normalizer(mean=3.0, std=1.0).to_dict(), device=CPU)
+
+
+def test_an_output_that_lost_the_counts_is_reported(caplog):
+    """A network that returns (nearly) nothing on integer counts, as an undertrained one did on very sparse
+    frames, gives a warning naming the stack and the fraction of counts kept; an identity network does not."""
+    stack = ScanStack.from_array(frames_with_gap(n=4), source="sparse.h5")
+    c, v = stack.counts(stack.frames(0, 4))
+    assert np.where(v, c, 0).sum() > 1000
+    notes: list[str] = []
+    with caplog.at_level("WARNING", logger="napari_xrd_denoise"):
+        out = predict_stack(_conv_model(0.0, -50.0), stack, notes=notes)
+    assert np.nansum(out) == 0
+    assert len(notes) == 1 and "sparse.h5" in notes[0] and "hold 0%" in notes[0] and "\n" not in notes[0]
+    assert any(r.levelname == "WARNING" and "hold 0%" in r.getMessage() for r in caplog.records)
+    notes.clear()
+    out = predict_stack(_conv_model(1.0, 0.0), stack, notes=notes)
+    assert notes == [] and 0.9 < np.nansum(out) / np.where(v, c, 0).sum() < 1.1
+    # float data (calibrated, perhaps background-subtracted) are not judged by counts
+    fl = ScanStack.from_array(np.where(v, c, np.nan).astype(np.float32))
+    predict_stack(_conv_model(0.0, -50.0), fl, notes=notes)
+    assert notes == []

@@ -85,6 +85,46 @@ def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarra
     return out
 
 
+class CountsTally:
+    """Input and output totals over the valid pixels of the frames denoised, for integer counts.
+
+    A network that has not learnt the data's signal level (too little training for very sparse frames,
+    a model from other data) returns frames that hold far fewer or more counts than the input; the
+    whole-frame correction cannot repair an output of zeros and leaves frames under
+    ``MIN_FRAME_COUNTS`` alone. :meth:`message` then says so instead of a silent blank result.
+    """
+
+    #: totals below this are too noisy (or too few) to judge
+    MIN_TOTAL = 1000.0
+    #: the output/input ratio outside this range is reported
+    RANGE = (0.5, 2.0)
+
+    def __init__(self, stack: ScanStack):
+        self.active = np.dtype(stack.dtype).kind in "biu"
+        self.label = stack.label
+        self.raw = 0.0
+        self.den = 0.0
+        self.pixels = 0
+
+    def add(self, counts: np.ndarray, valid: np.ndarray, out: np.ndarray) -> None:
+        if not self.active:
+            return
+        v = np.asarray(valid, dtype=bool) & np.isfinite(out)
+        self.raw += float(np.sum(np.asarray(counts, dtype=np.float64)[v]))
+        self.den += float(np.sum(np.asarray(out, dtype=np.float64)[v]))
+        self.pixels += int(v.sum())
+
+    def message(self) -> str | None:
+        if not self.active or self.raw < self.MIN_TOTAL or not self.pixels:
+            return None
+        ratio = self.den / self.raw
+        if self.RANGE[0] <= ratio <= self.RANGE[1]:
+            return None
+        return (f"{self.label}: the denoised frames hold {ratio:.0%} of the input's {self.raw:.0f} counts "
+                f"({self.raw / self.pixels:.2g} counts per valid pixel): the model has not learnt this signal "
+                "level; train longer on these data (--epochs, --max-minutes) and check the result before using it")
+
+
 def flux_provenance(rings: np.ndarray | None, infer: InferConfig, whole_frame: bool = False) -> str:
     """The output provenance's ``flux_correction`` entry."""
     if rings is not None:
@@ -142,6 +182,7 @@ def predict_stack(
     provenance: dict | None = None,
     device: str | None = None,
     center: tuple[float, float] | list[float] | None = None,
+    notes: list[str] | None = None,
 ) -> np.ndarray | Path:
     """Denoise every frame of ``stack``.
 
@@ -152,6 +193,8 @@ def predict_stack(
     aborts the writer (no output file is left) and raises :class:`~napari_xrd_denoise.errors.Cancelled`;
     a ``KeyboardInterrupt`` keeps ``<output>.part`` (HDF5, npy) so that ``resume=True`` continues it.
     ``center``: beam centre for the flux correction along the rings, overriding the model's.
+    ``notes``: a list that receives warnings about the result (also logged), such as an output that holds
+    far fewer counts than the input (:class:`CountsTally`).
     """
     inf = infer or model.config.infer
     if device is not None:
@@ -186,6 +229,7 @@ def predict_stack(
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
     done = start
+    tally = CountsTally(stack)
     try:
         if progress is not None:
             progress(done, n)
@@ -203,6 +247,7 @@ def predict_stack(
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
             correct_profile(out, counts, valid, rings, inf, whole)
+            tally.add(counts, valid, out)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:
@@ -220,6 +265,11 @@ def predict_stack(
         if writer is not None:
             writer.abort()
         raise
+    msg = tally.message()
+    if msg is not None:
+        _log.warning(msg)
+        if notes is not None:
+            notes.append(msg)
     if writer is not None:
         writer.close()
         return Path(output)

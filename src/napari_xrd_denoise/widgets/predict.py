@@ -66,8 +66,9 @@ def _predict_job(post, model, stack, output, infer: InferConfig, prov: dict, can
     def progress(done, total):
         post(("progress", "denoising", int(done), int(total), time.monotonic() - t0))
 
+    notes: list[str] = []
     res = predict_stack(model, stack, output, infer=infer, progress=progress, cancel=cancel, overwrite=True,
-                        provenance=prov, center=center)
+                        provenance=prov, center=center, notes=notes)
     den = _read_lazy(Path(res)) if output is not None else res
     maps = {}
     if want_maps and len(stack.scan_shape) == 2 and stack.frame_ndim == 2:
@@ -87,7 +88,7 @@ def _predict_job(post, model, stack, output, infer: InferConfig, prov: dict, can
             raw_s[c0:c1], den_s[c0:c1] = roi_sums(r, d, roi)
             post(("progress", "ROI maps", c1, n, time.monotonic() - t1))
         maps = {MAP_RAW: raw_s.reshape(stack.scan_shape), MAP_DEN: den_s.reshape(stack.scan_shape)}
-    return {"data": den, "path": None if output is None else Path(output), "maps": maps}
+    return {"data": den, "path": None if output is None else Path(output), "maps": maps, "notes": notes}
 
 
 def _residual_block(r, d):
@@ -300,6 +301,14 @@ class PredictWidget(QWidget):
         where = f" (file {result.path})" if result.path else ""
         self.status.setText(f"Denoised {self.state.stack.n_frames} frames{where}.")
         self.progress.setFormat("done")
+        notes = res.get("notes") or []
+        if notes:
+            from napari.utils.notifications import show_warning
+
+            for note in notes:
+                show_warning(note)
+            self.status.setText(f"Denoised {self.state.stack.n_frames} frames{where}. Warning: {notes[0]}")
+            self.progress.setFormat("done, with a warning")
 
     # --- layers ---------------------------------------------------------------------------------
     def layer_names(self) -> dict[str, str]:
