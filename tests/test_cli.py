@@ -124,6 +124,22 @@ def test_unparsable_option_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "--epochs" in err and "'abc'" in err and "--help" in err
 
 
+def test_negative_values_are_values_not_options(tmp_path, capsys):
+    """A beam centre off the detector (negative row) is a value; a negative scan shape is refused by name."""
+    from napari_xrd_denoise.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["denoise", "x.npy", "-o", "o.h5", "--center", "-3.5,812", "--method",
+                                      "symmetry"])
+    assert tuple(config_from_args(args).method.center) == (-3.5, 812.0)
+    args = build_parser().parse_args(["denoise", "x.npy", "-o", "o.h5", "--center", "-1e2,-.5"])
+    assert tuple(config_from_args(args).method.center) == (-100.0, -0.5)
+    assert main(["denoise", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.h5"), "--scan-shape", "-2x-5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scan-shape='-2x-5'" in err and "positive" in err
+    with pytest.raises(SystemExit):  # an unknown option is still an option
+        main(["denoise", "x.npy", "-o", "o.h5", "-x"])
+
+
 def _write_scan(tmp_path: Path) -> tuple[Path, np.ndarray]:
     scan = make_scan(scan_shape=(2, 3), frame_shape=(48, 48), dose="mid", seed=1)
     path = tmp_path / "scan.npy"

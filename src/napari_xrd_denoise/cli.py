@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -165,8 +166,19 @@ def _add_infer_options(p: argparse.ArgumentParser) -> None:
                         "(default 4; 0 = one full-frame pass, biased at a few counts per pixel)")
 
 
+_NUMBER = r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+#: values that start with a minus sign but are numbers or number lists (a beam centre off the detector,
+#: ``--center -3.5,812``), not options
+_NEGATIVE_VALUE = re.compile(rf"^-{_NUMBER}([,xX][-+]?{_NUMBER})*$")
+
+
 class _Parser(argparse.ArgumentParser):
-    """A bad command line is one line naming the argument and where to look (not the whole usage text)."""
+    """A bad command line is one line naming the argument and where to look (not the whole usage text);
+    values such as ``--center -3,512`` are read as values, not as options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUE
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
