@@ -122,8 +122,10 @@ def test_predict_ctrl_c_keeps_the_part_and_resumes(scan, tmp_path, suffix):
     out = tmp_path / f"den{suffix}"
     part = part_path(out)
     state = part.with_name(part.name + ".json")
+    slow = tmp_path / "slow.json"  # all 8 orientations per frame: a few seconds for the whole scan, so
+    slow.write_text(json.dumps({"infer": {"chunk_frames": 4, "batch_size": 2, "tta": True}}))  # SIGINT lands
     args = _cli() + ["predict", str(scan["npy"]), "-m", str(scan["model"]), "-o", str(out), "--config",
-                     str(scan["infer"]), "--device", "cpu"]
+                     str(slow), "--device", "cpu"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     if suffix == ".h5":
         _wait_for(lambda: part.exists() and _h5_n_done(part) >= 8, proc, what="8 frames written")
@@ -142,7 +144,7 @@ def test_predict_ctrl_c_keeps_the_part_and_resumes(scan, tmp_path, suffix):
     reported = [int(v) for v in re.findall(rf"(\d+)/{N}", r.stderr)]
     assert [v for v in reported if v > 0][0] >= 8, reported  # continued, not started again
     model = DenoiserModel.load(scan["model"], device="cpu")
-    ref = predict_stack(model, open_stack(scan["npy"]), infer=Config.load(scan["infer"]).infer)
+    ref = predict_stack(model, open_stack(scan["npy"]), infer=Config.load(slow).infer)
     got = h5py.File(out, "r")["entry/data/data"][()] if suffix == ".h5" else np.load(out)
     np.testing.assert_array_equal(got.reshape(ref.shape), ref)
 
@@ -155,7 +157,7 @@ def test_denoise_ctrl_c_leaves_no_part(scan, tmp_path):
     cfg.write_text(json.dumps({"method": {"name": "n2s"}, "model": {"width": 4, "depth": 1},
                                "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "patch_size": 32,
                                          "device": "cpu", "threads": 1, "val_fraction": 0.0},
-                               "infer": {"chunk_frames": 4, "batch_size": 2}}))
+                               "infer": {"chunk_frames": 4, "batch_size": 2, "tta": True}}))
     args = _cli() + ["denoise", str(scan["npy"]), "-o", str(out), "--config", str(cfg)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     _wait_for(lambda: part.exists() and _h5_n_done(part) >= 8, proc, what="8 frames written")
