@@ -45,3 +45,75 @@ def test_neighbors_refinement_runs_in_denoise_only(tmp_path):
     gaps = scan.counts == 2**32 - 1
     assert np.isnan(den[gaps]).all()
     assert (tmp_path / "nb.pt.cycle1.pt").exists() and (tmp_path / "nb.pt.cycle2.pt").exists()
+
+
+def _psnr_sqrt(est, truth, valid):
+    e, t = np.sqrt(np.maximum(est[valid], 0)), np.sqrt(truth[valid])
+    return 10 * np.log10(t.max() ** 2 / np.mean((e - t) ** 2))
+
+
+def test_a_config_passed_in_is_not_changed_and_serves_another_dataset():
+    a = make_scan(scan_shape=(2,), frame_shape=(48, 48), dose="mid", seed=1, center=(20.0, 26.0))
+    cfg = xd.Config().replace(**FAST)
+    before = cfg.to_dict()
+    xd.train(xd.ScanStack.from_array(a.counts, beam_center=(20.0, 26.0)), cfg)
+    assert cfg.to_dict() == before  # method stays 'auto', no centre taken from the first data
+
+
+def test_predict_takes_the_centre_and_data_options_of_its_own_call(tmp_path, caplog):
+    """A model applied to new data: their own beam centre (metadata) or center= places the symmetry
+    partner and the flux correction, not the training data's; crop and mask of the training are not re-applied."""
+    a = make_scan(scan_shape=(2,), frame_shape=(64, 64), dose="mid", seed=1, center=(28.0, 30.0))
+    b = make_scan(scan_shape=(2,), frame_shape=(64, 64), dose="mid", seed=2, center=(36.5, 33.0))
+    sa = xd.ScanStack.from_array(a.counts, beam_center=(28.0, 30.0))
+    model = xd.train(sa, method="symmetry", **FAST)
+    assert tuple(model.config.method.center) == (28.0, 30.0)
+    sb = xd.ScanStack.from_array(b.counts, beam_center=(36.5, 33.0))
+    with caplog.at_level("INFO", logger="napari_xrd_denoise"):
+        out = xd.predict(sb, model, tmp_path / "b.h5")
+    assert any("(36.5, 33.0) from" in r.getMessage() and "not the model's" in r.getMessage() for r in caplog.records)
+    with h5py.File(out, "r") as f:
+        prov = f["entry/provenance"].attrs
+        used = xd.Config.from_dict(__import__("json").loads(prov["config"])).method.center
+    assert tuple(used) == (36.5, 33.0)
+    assert tuple(model.config.method.center) == (28.0, 30.0)  # the model itself is left as it was
+    assert tuple(model.with_center((36.5, 33.0)).method.center((64, 64))) == (36.5, 33.0)
+    # an explicit centre wins over the data's own
+    out2 = xd.predict(sb, model, tmp_path / "b2.h5", center=[30.0, 31.0])
+    with h5py.File(out2, "r") as f:
+        used = xd.Config.from_dict(__import__("json").loads(f["entry/provenance"].attrs["config"])).method.center
+    assert tuple(used) == (30.0, 31.0)
+    # crop and mask given at training describe those data only
+    m2 = xd.train(a.counts, method="n2s", crop=[0, 48, 0, 48], **FAST)
+    assert xd.predict(b.counts, m2).shape == b.counts.shape
+
+
+def test_in_memory_masks_shapes_and_stacks(tmp_path):
+    scan = make_scan(scan_shape=(3,), frame_shape=(48, 48), dose="mid", seed=3, gaps=False, beam_stop=False,
+                     n_dead=0, n_hot=0)
+    excluded = np.zeros((48, 48), bool)
+    excluded[10:20, 5:9] = True
+    model = xd.train(scan.counts, method="n2s", mask=excluded, **FAST)
+    out = xd.predict(scan.counts, model, mask=excluded)
+    assert np.isnan(out[:, excluded]).all() and np.isfinite(out[:, ~excluded]).all()
+    with pytest.raises(XRDError, match=r"mask shape \(4, 4\)"):
+        xd.predict(scan.counts, model, mask=np.zeros((4, 4), bool))
+    # a single frame comes back as a single frame
+    one = xd.predict(scan.counts[0], model)
+    assert one.shape == (48, 48)
+    # options that describe the data apply to a ScanStack too
+    st = xd.ScanStack.from_array(scan.counts)
+    hi = np.nanpercentile(scan.counts, 99)
+    sat = xd.predict(st, model, saturation=hi)
+    assert np.isnan(sat[scan.counts >= hi]).all() and np.isfinite(sat[scan.counts < hi]).all()
+    with pytest.raises(XRDError, match="ndim=1"):
+        xd.predict(st, model, ndim=1)
+    with pytest.raises(XRDError, match="model: a trained model"):
+        xd.predict(scan.counts, None)
+    # a saved model is not replaced unless asked
+    path = tmp_path / "m.pt"
+    xd.train(scan.counts, method="n2s", model_path=path, **FAST)
+    with pytest.raises(XRDError, match="exists"):
+        xd.train(scan.counts, method="n2s", model_path=path, **FAST)
+    xd.train(scan.counts, method="n2s", model_path=path, overwrite=True, **FAST)
+    assert xd.Config().replace(scan_shape=3).data.scan_shape == [3]

@@ -21,11 +21,14 @@ from .io.stack import ScanStack
 
 
 def make_config(config: Config | dict | str | Path | None = None, **overrides: Any) -> Config:
-    """A validated Config from a Config, a dict, a JSON file, or defaults, with keyword overrides."""
+    """A validated Config from a Config, a dict, a JSON file, or defaults, with keyword overrides.
+
+    Always a new object: a Config passed in is copied, never changed (so one Config can serve
+    several datasets)."""
     if config is None:
         cfg = Config()
     elif isinstance(config, Config):
-        cfg = config
+        cfg = Config.from_dict(config.to_dict())
     elif isinstance(config, dict):
         cfg = Config.from_dict(config)
     else:
@@ -34,11 +37,41 @@ def make_config(config: Config | dict | str | Path | None = None, **overrides: A
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def open_input(source: str | Path | ScanStack | np.ndarray, cfg: Config) -> ScanStack:
-    """Open a file (lazily) or wrap an array, then apply the data options of ``cfg``."""
+_MASK_KEYS = ("mask", "mask_file", "data__mask_file")
+
+
+def _pop_mask_array(overrides: dict[str, Any]) -> np.ndarray | None:
+    """An in-memory mask given as ``mask=array`` (nonzero = excluded, as in mask files): taken out of the
+    keyword overrides (a Config holds file names only) and returned."""
+    for k in _MASK_KEYS:
+        v = overrides.get(k)
+        if v is not None and not isinstance(v, (str, Path)):
+            if not hasattr(v, "shape"):
+                raise XRDError(f"{k}: a mask file name or an array (nonzero = excluded), not {type(v).__name__}")
+            del overrides[k]
+            return np.asarray(v)
+    return None
+
+
+def open_input(source: str | Path | ScanStack | np.ndarray, cfg: Config,
+               mask: np.ndarray | None = None) -> ScanStack:
+    """Open a file (lazily) or wrap an array, then apply the data options of ``cfg``; ``mask``: an
+    in-memory mask (nonzero = excluded, the convention of mask files), combined with any other."""
     d = cfg.data
     if isinstance(source, ScanStack):
         stack = source.with_scan_shape(d.scan_shape) if d.scan_shape else source
+        if d.ndim is not None and int(d.ndim) != stack.frame_ndim:
+            raise XRDError(f"{stack.label}: the stack holds {stack.frame_ndim}D frames but data.ndim={d.ndim}: "
+                           f"open it with ndim={d.ndim}")
+        changes: dict[str, Any] = {}
+        if d.saturation is not None and d.saturation != stack.saturation:
+            changes["saturation"] = float(d.saturation)
+        if d.keep_negatives and not stack.keep_negatives:
+            changes["keep_negatives"] = True
+        if changes:
+            from dataclasses import replace
+
+            stack = replace(stack, **changes)
         if d.mask_file:
             from .io.readers import load_mask
 
@@ -66,6 +99,11 @@ def open_input(source: str | Path | ScanStack | np.ndarray, cfg: Config) -> Scan
             from .io.readers import load_mask
 
             stack = stack.with_mask(load_mask(d.mask_file, stack.frame_shape))
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != stack.frame_shape:
+            raise XRDError(f"mask shape {m.shape} does not match frame shape {stack.frame_shape} of {stack.label}")
+        stack = stack.with_mask(~(m.astype(bool)) if m.dtype.kind != "f" else ~((m != 0) | ~np.isfinite(m)))
     if d.crop:
         stack = stack.crop(d.crop)
     stack.check_denoisable()
@@ -107,12 +145,21 @@ def train(
     init_model: str | Path | Any = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    overwrite: bool = True,
+    overwrite: bool = False,
     **overrides: Any,
 ):
-    """Train a denoiser on ``source`` (self-supervised unless the method is ``supervised``)."""
+    """Train a denoiser on ``source`` (self-supervised unless the method is ``supervised``); returns the
+    :class:`~napari_xrd_denoise.model_file.DenoiserModel`.
+
+    ``model_path``: also save the model there (an existing file is refused unless ``overwrite=True``);
+    the checkpoint ``<model_path>.ckpt`` is written during training and kept, so that ``resume=True``
+    can continue a run. ``callback(event)`` receives :class:`~napari_xrd_denoise.training.TrainEvent`
+    objects (kinds ``start``, ``step``, ``epoch``, ``done``). ``mask``: a mask file or an array
+    (nonzero = excluded). The Config passed in is not changed.
+    """
+    mask = _pop_mask_array(overrides)
     cfg = make_config(config, **overrides)
-    stack = open_input(source, cfg)
+    stack = open_input(source, cfg, mask)
     return _train_on_stack(
         stack, cfg, model_path=model_path, callback=callback, reference=reference, init_model=init_model,
         checkpoint=checkpoint, resume=resume, overwrite=overwrite,
@@ -120,7 +167,7 @@ def train(
 
 
 def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=None, init_model=None,
-                    checkpoint=None, resume=False, overwrite=True):
+                    checkpoint=None, resume=False, overwrite=False):
     from .methods import resolve_auto
     from .training import Trainer
 
@@ -176,20 +223,34 @@ def predict(
 ):
     """Denoise ``source`` with a trained model; returns an array (no output) or the output path.
 
-    The model's own configuration decides the method and the data transform; ``config`` or
-    overrides may change data options (dataset, scan shape, mask, crop) and inference options.
+    The model's own configuration decides the method and the data transform. The options that
+    describe the data (dataset, scan shape, mask, crop, PONI file) are this call's, from ``config`` or
+    the overrides, never those of the data the model was trained on; inference options likewise. The
+    beam centre (for the symmetry partner and the flux correction along the rings) is ``center=`` or
+    the config's, else the data's own (file metadata, ``poni=``), else the model's. An array input
+    comes back in its own shape.
     """
     from .inference import predict_stack
+    from .model_file import DenoiserModel
 
     if isinstance(model, (str, Path)):
         model = load_model(model)
+    if not isinstance(model, DenoiserModel):
+        raise XRDError(f"model: a trained model (from train or load_model) or a model file path, "
+                       f"not {type(model).__name__}")
+    mask = _pop_mask_array(overrides)
+    user = make_config(config, **{k: v for k, v in overrides.items() if k in _CALL_KEYS})
     base = model.config.to_dict()
-    if config is not None:
-        user = make_config(config).to_dict()
-        base["data"].update({k: user["data"][k] for k in ("dataset", "scan_shape", "mask_file", "crop")})
-        base["infer"] = user["infer"]
-    cfg = make_config(base, **overrides)
-    stack = open_input(source, cfg)
+    base["data"].update({k: user.data.__dict__[k] for k in _DATA_KEYS})
+    base["method"]["poni"] = user.method.poni
+    base["method"]["center"] = None  # filled from the data (open_input) when they know it
+    base["infer"] = user.infer.__dict__.copy() if config is not None else base["infer"]
+    cfg = make_config(base, **{k: v for k, v in overrides.items() if k not in _CALL_KEYS})
+    stack = open_input(source, cfg, mask)
+    from .inference import data_center
+
+    center = data_center(model, stack, user.method.center)  # given, else the data's own, else the model's
+    cfg.method.center = None if center is None else list(center)  # as used, for the provenance
     if output is not None:
         from .io.atomic import check_output
         from .io.writers import output_kind
@@ -203,11 +264,29 @@ def predict(
         return predict_distributed(
             model, stack, output, infer=cfg.infer, workers=workers, scheduler=scheduler,
             overwrite=overwrite, resume=resume, cancel=cancel, provenance=prov, progress=progress,
+            center=center,
         )
-    return predict_stack(
+    res = predict_stack(
         model, stack, output, infer=cfg.infer, progress=progress, cancel=cancel,
         overwrite=overwrite, resume=resume, provenance=prov,
+        center=center,
     )
+    return _as_input_shape(res, source, cfg)
+
+
+#: the data options a prediction takes from its own call, not from the model's training data
+_DATA_KEYS = ("dataset", "scan_shape", "mask_file", "crop")
+_CALL_KEYS = {"dataset", "data__dataset", "scan_shape", "data__scan_shape", "mask", "mask_file", "data__mask_file",
+              "crop", "data__crop", "poni", "method__poni", "center", "method__center"}
+
+
+def _as_input_shape(result, source, cfg: Config):
+    """An array result in the shape of an array input (a single frame or spectrum comes back as one)."""
+    if (isinstance(result, np.ndarray) and not isinstance(source, (str, Path, ScanStack))
+            and hasattr(source, "shape") and not cfg.data.crop and result.size == int(np.prod(source.shape))
+            and result.shape != tuple(source.shape)):
+        return result.reshape(source.shape)
+    return result
 
 
 def denoise(
@@ -222,9 +301,14 @@ def denoise(
     model_path: str | Path | None = None,
     **overrides: Any,
 ):
-    """Train on ``source`` and denoise it in one go. Returns the array (no output) or the output path."""
+    """Train on ``source`` and denoise it in one go. Returns the array (no output; an array input comes
+    back in its own shape) or the output path. ``qc=True`` writes the QC report beside the output (it
+    needs one). ``mask``: a mask file or an array (nonzero = excluded)."""
     from .inference import predict_stack
 
+    if qc and output is None:
+        raise XRDError("qc=True writes its report beside the output: give an output path")
+    mask = _pop_mask_array(overrides)
     cfg = make_config(config, **overrides)
     if output is not None:
         from .io.atomic import check_output
@@ -234,11 +318,11 @@ def denoise(
         output_kind(output)  # an unsupported suffix is refused now, not after training
         if model_path is not None:
             check_output(Path(model_path), overwrite, inputs=(source,))
-    stack = open_input(source, cfg)
+    stack = open_input(source, cfg, mask)
     if cfg.method.name == "neighbors" and cfg.method.cycles > 1:
         result = _denoise_refined(stack, cfg, output, callback=callback, overwrite=overwrite, model_path=model_path)
     else:
-        model = _train_on_stack(stack, cfg, callback=callback, model_path=model_path)
+        model = _train_on_stack(stack, cfg, callback=callback, model_path=model_path, overwrite=overwrite)
         cfg = model.config
         prov = provenance(cfg, stack)
         result = predict_stack(model, stack, output, infer=cfg.infer, progress=progress, overwrite=overwrite,
@@ -257,7 +341,7 @@ def denoise(
                           for x in (den, valid))
             write_report(stack, den, valid, out, geometry=stack.geometry, center=cfg.method.center,
                          frame_ndim=stack.frame_ndim)
-    return result
+    return _as_input_shape(result, source, cfg)
 
 
 def _denoise_refined(stack: ScanStack, cfg: Config, output, *, callback=None, overwrite=False, model_path=None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,10 @@ class Config:
         if inf.overlap < 0 or inf.overlap * 2 >= inf.tile:
             raise ConfigError(f"infer.overlap={inf.overlap} must be >= 0 and less than half of infer.tile={inf.tile}")
         if dd.scan_shape is not None:
-            if not (1 <= len(dd.scan_shape) <= 2) or any(int(s) < 1 for s in dd.scan_shape):
+            if isinstance(dd.scan_shape, numbers.Integral) and not isinstance(dd.scan_shape, bool):
+                dd.scan_shape = [int(dd.scan_shape)]  # one scan axis
+            if (not isinstance(dd.scan_shape, (list, tuple)) or not (1 <= len(dd.scan_shape) <= 2)
+                    or any(not isinstance(s, numbers.Integral) or int(s) < 1 for s in dd.scan_shape)):
                 raise ConfigError(f"data.scan_shape={dd.scan_shape} must be one or two positive integers, e.g. 141x121")
         if dd.crop is not None and len(dd.crop) not in (2, 4):
             raise ConfigError(f"data.crop={dd.crop} needs 4 numbers Y0,Y1,X0,X1 (2D) or 2 numbers C0,C1 (1D)")

@@ -36,7 +36,7 @@ import numpy as np
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
-from .inference import correct_profile, flux_provenance, profile_rings, whole_frame_flux
+from .inference import correct_profile, data_center, flux_provenance, profile_rings, whole_frame_flux
 from .methods.base import FrameSource, stack_arrays
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
@@ -388,6 +388,7 @@ def predict_distributed(
     cancel: threading.Event | None = None,
     device: str | None = None,
     connect_timeout: float | None = None,
+    center: tuple[float, float] | list[float] | None = None,
 ) -> np.ndarray | Path:
     """Denoise every frame of ``stack`` on dask workers; same result and outputs as ``predict_stack``.
 
@@ -396,7 +397,8 @@ def predict_distributed(
     see a worker; default ``CONNECT_TIMEOUT_S``). ``device``: force every worker onto one
     device (default: the worker's GPU, ``cuda:{index % GPUs}``, else the CPU). ``output=None`` returns
     the float32 array; otherwise the path of the output (written atomically, ``resume`` as in
-    ``predict_stack``). ``cancel`` stops between chunks and leaves no output.
+    ``predict_stack``). ``cancel`` stops between chunks and leaves no output. ``center``: the data's beam
+    centre, as in ``predict_stack``.
     """
     from .inference import default_provenance
     from .methods import get_method
@@ -404,6 +406,8 @@ def predict_distributed(
     if not workers and not scheduler:
         raise XRDError("predict_distributed needs --workers N or --scheduler ADDRESS")
     inf = infer or model.config.infer
+    center = data_center(model, stack, center)
+    model = model.with_center(center)
     if stack.frame_ndim != model.frame_ndim:
         raise XRDError(f"{stack.label}: the model denoises {model.frame_ndim}D frames but the data have {stack.frame_ndim}D frames")
     stack.check_denoisable()
@@ -424,7 +428,7 @@ def predict_distributed(
 
     model_blob = _model_bytes(model)
     model_key = hashlib.sha256(model_blob).hexdigest()
-    rings = profile_rings(model, stack, inf)  # decided (and refused) here, sent once to every worker
+    rings = profile_rings(model, stack, inf, center)  # decided (and refused) here, sent once to every worker
     whole = whole_frame_flux(stack, inf, rings)
 
     writer = None

@@ -25,6 +25,24 @@ from .model_file import DenoiserModel
 _log = logging.getLogger("napari_xrd_denoise")
 
 
+def data_center(model: DenoiserModel, stack: ScanStack,
+                center: tuple[float, float] | list[float] | None = None) -> tuple[float, float] | None:
+    """The beam centre of the data being denoised: ``center`` when given, else the data's own (file
+    metadata, PONI), else the model's (the centre of the data it was trained on). Says so in the log
+    when the data's own centre replaces a different one of the model's."""
+    if center is not None:
+        return float(center[0]), float(center[1])
+    own = stack.beam_center
+    mc = model.config.method.center
+    if own is not None:
+        own = (float(own[0]), float(own[1]))
+        if mc is not None and model.config.method.name == "symmetry" and tuple(map(float, mc)) != own:
+            _log.info(f"beam centre ({own[0]:.1f}, {own[1]:.1f}) from {stack.label}, not the model's "
+                      f"({float(mc[0]):.1f}, {float(mc[1]):.1f}); --center chooses another")
+        return own
+    return None if mc is None else (float(mc[0]), float(mc[1]))
+
+
 def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
                   center: tuple[float, float] | list[float] | None = None) -> np.ndarray | None:
     """Ring index per pixel for the flux correction along the rings (``infer.preserve_profile``), or
@@ -41,7 +59,7 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
     if want is False:
         return None
     if center is None:
-        center = model.config.method.center or stack.beam_center
+        center = data_center(model, stack)
     known = stack.frame_ndim == 2 and (stack.geometry is not None or center is not None)
     if not known:
         if want is None:
@@ -192,13 +210,16 @@ def predict_stack(
     ``progress(done, total)`` is called after every chunk; setting ``cancel`` stops between batches,
     aborts the writer (no output file is left) and raises :class:`~napari_xrd_denoise.errors.Cancelled`;
     a ``KeyboardInterrupt`` keeps ``<output>.part`` (HDF5, npy) so that ``resume=True`` continues it.
-    ``center``: beam centre for the flux correction along the rings, overriding the model's.
+    ``center``: beam centre of these data, overriding the model's, for the flux correction along the rings
+    and the symmetry method's partner image.
     ``notes``: a list that receives warnings about the result (also logged), such as an output that holds
     far fewer counts than the input (:class:`CountsTally`).
     """
     inf = infer or model.config.infer
     if device is not None:
         model.to(device)
+    center = data_center(model, stack, center)
+    model = model.with_center(center)  # the data's centre also places the symmetry partner
     if stack.frame_ndim != model.frame_ndim:
         raise XRDError(f"{stack.label}: the model denoises {model.frame_ndim}D frames but the data have {stack.frame_ndim}D frames")
     stack.check_denoisable()

@@ -237,6 +237,18 @@ class DenoiserModel:
             self._method = cls(self.config, frame_ndim=self.frame_ndim, norm=self.normalizer)
         return self._method
 
+    def with_center(self, center: tuple[float, float] | list[float] | None) -> "DenoiserModel":
+        """This model (the same network) with another beam centre for its method (the symmetry partner);
+        ``self`` unless the centre differs. The model itself is left as it is."""
+        if center is None or self.config.method.name != "symmetry":
+            return self
+        c = [float(center[0]), float(center[1])]
+        if self.config.method.center is not None and list(map(float, self.config.method.center)) == c:
+            return self
+        cfg = Config.from_dict(self.config.to_dict())
+        cfg.method.center = c
+        return DenoiserModel(cfg, self.net, self.norm, self.version, self.history, device=self.device)
+
     def to(self, device: str | torch.device | None) -> "DenoiserModel":
         """Move the network to ``device`` (a name such as ``auto``/``cpu``/``cuda:1`` or a torch device)."""
         if device is None:

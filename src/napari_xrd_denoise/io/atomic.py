@@ -21,7 +21,7 @@ def check_output(path: Path, overwrite: bool, inputs: tuple = ()) -> Path:
         if isinstance(src, (str, os.PathLike)) and _same_file(Path(src), path):
             raise XRDError(f"{path}: this is the input file; the output must not replace it (choose another path)")
     if path.exists() and not overwrite:
-        raise XRDError(f"{path}: output exists; pass --overwrite to replace it")
+        raise XRDError(f"{path}: output exists; pass --overwrite (Python: overwrite=True) to replace it")
     if not path.parent.exists():
         raise XRDError(f"{path.parent}: output folder does not exist")
     if not os.access(path.parent, os.W_OK):
