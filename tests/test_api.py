@@ -117,3 +117,12 @@ def test_in_memory_masks_shapes_and_stacks(tmp_path):
         xd.train(scan.counts, method="n2s", model_path=path, **FAST)
     xd.train(scan.counts, method="n2s", model_path=path, overwrite=True, **FAST)
     assert xd.Config().replace(scan_shape=3).data.scan_shape == [3]
+
+
+def test_a_blank_scan_is_refused_before_training():
+    """All-zero frames have nothing to learn; a network trained on them invented counts (thousands from none)."""
+    with pytest.raises(XRDError, match="holds 0: nothing to learn"):
+        xd.denoise(np.zeros((4, 64, 64), np.uint32), **FAST)
+    x = np.zeros((4, 64, 64), np.uint32)
+    x[2, 5, 5] = 1  # one photon is data
+    assert np.isfinite(xd.denoise(x, **FAST)).all()

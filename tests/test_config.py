@@ -88,3 +88,15 @@ def test_stem_width_flag():
     assert Config().model.stem_width == 0  # auto
     args = build_parser().parse_args(["train", "in.h5", "-m", "m.pt", "--stem-width", "24"])
     assert config_from_args(args).model.stem_width == 24
+
+
+def test_a_mistyped_parameter_attribute_is_refused():
+    from napari_xrd_denoise.config import Config
+
+    cfg = Config()
+    cfg.train.epochs = 3
+    assert cfg.train.epochs == 3
+    with pytest.raises(AttributeError, match=r"'train' has no parameter 'epoch'; did you mean 'train.epochs'"):
+        cfg.train.epoch = 2
+    with pytest.raises(AttributeError, match="has no parameter"):
+        cfg.infer.tiles = 256

@@ -8,6 +8,7 @@ Validation raises :class:`~napari_xrd_denoise.errors.ConfigError` naming the par
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import numbers
@@ -33,8 +34,21 @@ LOSSES = ("auto", "mse", "poisson")
 DEVICES_HINT = "auto, cpu, cuda, cuda:N or mps"
 
 
+class _Section:
+    """Refuses attributes that are not parameters: ``cfg.train.epoch = 2`` (for ``epochs``) would otherwise
+    be accepted and ignored."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            section = type(self).__name__.replace("Config", "").lower() or "config"
+            close = difflib.get_close_matches(name, list(self.__dataclass_fields__), n=1)  # type: ignore[attr-defined]
+            hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+            raise AttributeError(f"'{section}' has no parameter '{name}'{hint}")
+        object.__setattr__(self, name, value)
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """How raw frames are read and prepared."""
 
     dataset: str | None = None  # HDF5 path of the detector dataset; None picks it automatically
@@ -51,7 +65,7 @@ class DataConfig:
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(_Section):
     """Which self-supervision strategy makes (input, target, loss mask) from the raw data."""
 
     name: str = "auto"
@@ -86,7 +100,7 @@ class MethodConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     arch: str = "unet"
     depth: int = 3
     width: int = 8
@@ -98,7 +112,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = 20
     steps_per_epoch: int = 50
     batch_size: int = 8
@@ -120,7 +134,7 @@ class TrainConfig:
 
 
 @dataclass
-class InferConfig:
+class InferConfig(_Section):
     batch_size: int = 4
     tile: int = 512  # frames larger than this are tiled
     overlap: int = 32  # tile overlap, blended
@@ -136,7 +150,7 @@ class InferConfig:
 
 
 @dataclass
-class Config:
+class Config(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -50,7 +50,8 @@ class ScanStack:
         if self.frame_ndim not in (1, 2):
             raise XRDError(f"{self.source}: frame_ndim must be 1 or 2, got {self.frame_ndim}")
         if self.data.ndim < self.frame_ndim:
-            raise XRDError(f"{self.source}: data of shape {self.data.shape} has fewer than {self.frame_ndim} axes")
+            hint = " (a spectrum? pass ndim=1, --ndim 1)" if self.data.ndim == 1 else ""
+            raise XRDError(f"{self.source}: data of shape {self.data.shape} has fewer than {self.frame_ndim} axes{hint}")
         if self.data.dtype.kind not in "biuf":
             raise XRDError(f"{self.label}: data type {self.data.dtype} is not numeric detector data")
         if self.static_valid is not None:
@@ -103,8 +104,12 @@ class ScanStack:
         """Raise a one-line error if the frames are too small to denoise."""
         small = MIN_FRAME[self.frame_ndim]
         if any(s < small for s in self.frame_shape):
+            hint = ""
+            if self.frame_ndim == 2 and max(self.frame_shape) >= MIN_FRAME[1]:
+                hint = "; rows of spectra? pass ndim=1 (--ndim 1)"
             raise XRDError(
-                f"{self.label}: frames of shape {self.frame_shape} are too small to denoise (need at least {small} pixels a side)"
+                f"{self.label}: frames of shape {self.frame_shape} are too small to denoise (need at least {small} "
+                f"pixels a side{hint})"
             )
 
     # --- reading -------------------------------------------------------------------------------

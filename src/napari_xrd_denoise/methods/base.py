@@ -183,12 +183,17 @@ class Normalizer:
         idx = spread_indices(n, max_frames)
         norm = cls.from_config(config)
         vals = []
+        lo, hi = np.inf, -np.inf
         for i in idx:
             c, v = source.get(int(i))
             if v.any():
                 vals.append(norm.forward(c[v]).astype(np.float64))
+                lo, hi = min(lo, float(c[v].min())), max(hi, float(c[v].max()))
         if not vals:
             raise XRDError(f"{source.stack.label}: no valid pixels in the frames used for normalisation")
+        if lo == hi:
+            raise XRDError(f"{source.stack.label}: every valid pixel of the {len(idx)} frames sampled for training "
+                           f"holds {lo:g}: nothing to learn from (an empty or blank scan?)")
         allv = np.concatenate(vals)
         mean, std = float(allv.mean()), float(allv.std())
         if not np.isfinite(std) or std < 1e-3:
