@@ -186,6 +186,24 @@ def test_train_then_predict(tmp_path, capsys):
     assert code == 2 and "scan.npy" in err
 
 
+def test_predict_center_is_the_data_centre(tmp_path, capsys):
+    """`predict --center` places the symmetry partner and the ring correction of these data (it was
+    refused); without it the model's centre is used for data that carry none."""
+    scan = make_scan(scan_shape=(2,), frame_shape=(64, 64), dose="mid", seed=1, center=(28.0, 30.0))
+    inp = tmp_path / "a.npy"
+    np.save(inp, scan.counts)
+    model = tmp_path / "sym.pt"
+    code, _, err = run_cli(["train", inp, "-m", model, "--method", "symmetry", "--center", "28,30",
+                            *_flags(**FAST)], capsys)
+    assert code == 0, err
+    for args, want in (([], [28.0, 30.0]), (["--center", "30.5,31"], [30.5, 31.0])):
+        out = tmp_path / f"o{len(args)}.h5"
+        code, _, err = run_cli(["predict", inp, "-m", model, "-o", out, *args], capsys)
+        assert code == 0, err
+        with h5py.File(out, "r") as f:
+            assert json.loads(f["entry/provenance"].attrs["config"])["method"]["center"] == want
+
+
 def test_console_script_runs_without_traceback(tmp_path):
     exe = Path(sys.executable).with_name("xrd-denoise")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "napari_xrd_denoise.cli"]

@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     sp.add_argument("--workers", type=int, default=0, help="run on a local dask cluster with N workers")
     sp.add_argument("--scheduler", help="address of an existing dask scheduler")
+    sp.add_argument("--center", help="beam centre Y,X in pixels of these data (symmetry partner, flux correction "
+                                     "along the rings; default: the file's own or --poni's, else the model's)")
     _add_data_options(sp)
     _add_infer_options(sp)
     common(sp)
