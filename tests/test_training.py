@@ -485,3 +485,29 @@ def test_single_frame_method_on_a_scan_grid_gets_the_neighbours_tip():
     Trainer(quick(name="neighbors", epochs=1, steps_per_epoch=1), ScanStack.from_array(grid, frame_ndim=2),
             callback=events.append).run()
     assert not any("scan grid" in (e.message or "") for e in events if e.kind == "message")
+
+
+def test_trainings_started_at_once_in_threads_keep_their_seed():
+    """The initial weights come from torch's process-wide generator: two trainings in threads with one
+    seed must give the model that seed gives alone."""
+    import threading
+
+    import napari_xrd_denoise as xd
+    from napari_xrd_denoise.synthetic import make_scan
+
+    s = make_scan(scan_shape=(2,), frame_shape=(64, 64), dose="mid", seed=1)
+    kw = dict(method="n2s", epochs=1, train__steps_per_epoch=4, train__batch_size=2, patch_size=32, width=8,
+              depth=2, device="cpu", seed=3, val_fraction=0.0, threads=1)
+    alone = xd.train(s.counts, **kw).net.state_dict()
+    got = [None, None]
+
+    def job(i):
+        got[i] = xd.train(s.counts, **kw).net.state_dict()
+
+    ts = [threading.Thread(target=job, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for sd in got:
+        assert all(torch.equal(sd[k], alone[k]) for k in alone)

@@ -46,6 +46,7 @@ from .model_file import DenoiserModel
 from .models import build_model, stem_channels
 
 log = logging.getLogger(__name__)
+_INIT_LOCK = threading.Lock()  # see Trainer._run: seeding and drawing the initial weights
 
 CACHE_BYTES = 512 * 2**20  # decoded frames kept in memory while training
 VAL_SEED_OFFSET = 7919
@@ -523,13 +524,16 @@ class Trainer:
     def _run(self, cfg: Config, tc) -> DenoiserModel:
         self._t0 = time.monotonic()
         self._elapsed0 = 0.0
-        torch.manual_seed(tc.seed)
         rng = self._make_rng(tc)
         self.patch = patch_size_for(self.source.frame_shape, tc.patch_size)
         self._split_frames()
         self.val_plan = self._val_plan()
 
-        net = build_model(cfg.model, cfg.data.ndim, in_channels=cfg.model.in_channels)
+        # the initial weights are the only draw from torch's (process-wide) generator: seed and draw under
+        # a lock, so that trainings started at once in several threads each get their seed's weights
+        with _INIT_LOCK:
+            torch.manual_seed(tc.seed)
+            net = build_model(cfg.model, cfg.data.ndim, in_channels=cfg.model.in_channels)
         if self.init_model is not None:
             try:
                 net.load_state_dict(self.init_model.net.state_dict())
