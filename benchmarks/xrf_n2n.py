@@ -83,6 +83,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="a third of the training steps")
     args = ap.parse_args(argv)
+    if not args.csv.is_file():
+        ap.exit(2, f"xrf_n2n.py: error: {args.csv}: no such file (the real XRF spectra of ../shared/data/real; "
+                   "give their path with --csv)\n")
     import torch
 
     torch.set_num_threads(1)

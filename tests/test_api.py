@@ -83,6 +83,13 @@ def test_predict_takes_the_centre_and_data_options_of_its_own_call(tmp_path, cap
     with h5py.File(out2, "r") as f:
         used = xd.Config.from_dict(__import__("json").loads(f["entry/provenance"].attrs["config"])).method.center
     assert tuple(used) == (30.0, 31.0)
+    # a non-symmetry model's centre describes its training data: data without one get the whole-frame correction
+    m1 = xd.train(sa, method="n2n-split", **FAST)
+    assert tuple(m1.config.method.center) == (28.0, 30.0)
+    with h5py.File(xd.predict(b.counts, m1, tmp_path / "nc.h5"), "r") as f:
+        assert f["entry/provenance"].attrs["flux_correction"].startswith("whole frame")
+    with h5py.File(xd.predict(sb, m1, tmp_path / "c.h5"), "r") as f:
+        assert f["entry/provenance"].attrs["flux_correction"].startswith("along the rings")
     # crop and mask given at training describe those data only
     m2 = xd.train(a.counts, method="n2s", crop=[0, 48, 0, 48], **FAST)
     assert xd.predict(b.counts, m2).shape == b.counts.shape

@@ -202,6 +202,12 @@ def test_predict_center_is_the_data_centre(tmp_path, capsys):
         assert code == 0, err
         with h5py.File(out, "r") as f:
             assert json.loads(f["entry/provenance"].attrs["config"])["method"]["center"] == want
+        # the configuration written beside the output is this run's, as used (was: the model's)
+        assert json.loads((tmp_path / f"{out.name}.config.json").read_text())["method"]["center"] == want
+    out = tmp_path / "sp.h5"
+    code, _, err = run_cli(["predict", inp, "-m", model, "-o", out, "--split-passes", "2"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "sp.h5.config.json").read_text())["infer"]["split_passes"] == 2
 
 
 def test_console_script_runs_without_traceback(tmp_path):

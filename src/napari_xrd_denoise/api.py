@@ -261,16 +261,19 @@ def predict(
     if workers or scheduler:
         from .distributed import predict_distributed
 
-        return predict_distributed(
+        res = predict_distributed(
             model, stack, output, infer=cfg.infer, workers=workers, scheduler=scheduler,
             overwrite=overwrite, resume=resume, cancel=cancel, provenance=prov, progress=progress,
             center=center,
         )
-    res = predict_stack(
-        model, stack, output, infer=cfg.infer, progress=progress, cancel=cancel,
-        overwrite=overwrite, resume=resume, provenance=prov,
-        center=center,
-    )
+    else:
+        res = predict_stack(
+            model, stack, output, infer=cfg.infer, progress=progress, cancel=cancel,
+            overwrite=overwrite, resume=resume, provenance=prov, center=center,
+        )
+    if output is not None:
+        out = Path(output)
+        cfg.save(out.with_name(out.name + ".config.json"))  # this run's configuration, as used
     return _as_input_shape(res, source, cfg)
 
 
@@ -326,7 +329,7 @@ def denoise(
         cfg = model.config
         prov = provenance(cfg, stack)
         result = predict_stack(model, stack, output, infer=cfg.infer, progress=progress, overwrite=overwrite,
-                               provenance=prov)
+                               provenance=prov, center=cfg.method.center)  # the data's: given or their own
     if output is not None:
         out = Path(output)
         cfg.save(out.with_name(out.name + ".config.json"))

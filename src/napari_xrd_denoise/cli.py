@@ -356,8 +356,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device or "auto")
     out = predict(args.input, model, args.output, config=cfg, progress=_Progress("denoising", args.quiet),
                   overwrite=args.overwrite, resume=args.resume, workers=args.workers, scheduler=args.scheduler)
-    out_path = Path(args.output)
-    model.config.save(out_path.with_name(out_path.name + ".config.json"))
     if not args.quiet:
         print(f"wrote {out}")
     return 0

@@ -28,15 +28,16 @@ _log = logging.getLogger("napari_xrd_denoise")
 def data_center(model: DenoiserModel, stack: ScanStack,
                 center: tuple[float, float] | list[float] | None = None) -> tuple[float, float] | None:
     """The beam centre of the data being denoised: ``center`` when given, else the data's own (file
-    metadata, PONI), else the model's (the centre of the data it was trained on). Says so in the log
-    when the data's own centre replaces a different one of the model's."""
+    metadata, PONI). A symmetry model, which cannot predict without a centre, falls back on its own (the
+    centre of the data it was trained on); other models do not, since that centre describes other data.
+    Says so in the log when the data's own centre replaces a different one of a symmetry model's."""
     if center is not None:
         return float(center[0]), float(center[1])
     own = stack.beam_center
-    mc = model.config.method.center
+    mc = model.config.method.center if model.config.method.name == "symmetry" else None
     if own is not None:
         own = (float(own[0]), float(own[1]))
-        if mc is not None and model.config.method.name == "symmetry" and tuple(map(float, mc)) != own:
+        if mc is not None and tuple(map(float, mc)) != own:
             _log.info(f"beam centre ({own[0]:.1f}, {own[1]:.1f}) from {stack.label}, not the model's "
                       f"({float(mc[0]):.1f}, {float(mc[1]):.1f}); --center chooses another")
         return own
@@ -49,8 +50,8 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
     ``None`` when it is off.
 
     ``None`` (auto) turns it on for 2D frames whenever the rings are known: a geometry (``--poni``), or a
-    beam centre (``center``, e.g. drawn in the GUI after training; else the model's ``--center``; else
-    the file's own, as ``xrd-denoise info`` shows it). ``True`` requires one (error without); ``False``
+    beam centre (``center``, e.g. drawn in the GUI after training; else the file's own, as ``xrd-denoise
+    info`` shows it; else a symmetry model's: :func:`data_center`). ``True`` requires one (error without); ``False``
     turns it off.
     """
     from .physics.geometry import radial_map, ring_bins
