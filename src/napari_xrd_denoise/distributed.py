@@ -373,6 +373,23 @@ def _n_workers(client) -> int:
         return 1
 
 
+def _close_quietly(*things) -> None:
+    """Close the client and the local cluster. Connections that close while the cluster shuts down make
+    dask log tracebacks (``CommClosedError``) that say nothing about the result: silenced for the close."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado.application", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        for t in things:
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    t.close()
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def predict_distributed(
     model,
     stack: ScanStack,
@@ -534,12 +551,7 @@ def predict_distributed(
                 writer.abort()
         raise
     finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close()
+        _close_quietly(client, cluster)
     if writer is not None:
         writer.close()
         return Path(output)
