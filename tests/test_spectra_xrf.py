@@ -56,3 +56,20 @@ def test_n2n_frames_1d_beats_the_plain_mean_of_4(spectra):
     assert rmse(den, ref28) < 0.9 * rmse(mean4, ref28)
     # counts are kept: total flux within 2 % of the inputs'
     assert abs(den.sum() / mean4.sum() - 1.0) < 0.02
+
+
+def test_spectra_defaults_never_replace_explicit_choices(tmp_path):
+    """1D data get the spectra defaults (1D DnCNN, whole spectra, batch 4) where the user chose nothing,
+    but a choice that happens to equal the generic default (arch unet, batch 8) is kept."""
+    import napari_xrd_denoise as xd
+    from napari_xrd_denoise.cli import main
+
+    spec = np.random.default_rng(0).poisson(5.0, size=(4, 256))
+    m = xd.train(spec, ndim=1, arch="unet", train__batch_size=8, epochs=1, steps=2, device="cpu")
+    assert (m.config.model.arch, m.config.train.batch_size) == ("unet", 8)
+    m = xd.train(spec, ndim=1, epochs=1, steps=2, device="cpu")
+    assert (m.config.model.arch, m.config.train.batch_size) == ("dncnn", 4)
+    np.save(tmp_path / "s.npy", spec)
+    assert main(["train", str(tmp_path / "s.npy"), "--ndim", "1", "--arch", "unet", "--epochs", "1", "--steps", "2",
+                 "-m", str(tmp_path / "m.pt"), "-q"]) == 0
+    assert xd.load_model(tmp_path / "m.pt", device="cpu").config.model.arch == "unet"

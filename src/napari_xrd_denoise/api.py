@@ -28,7 +28,7 @@ def make_config(config: Config | dict | str | Path | None = None, **overrides: A
     if config is None:
         cfg = Config()
     elif isinstance(config, Config):
-        cfg = Config.from_dict(config.to_dict())
+        cfg = Config.from_dict(config.to_dict()).with_chosen(config.chosen)
     elif isinstance(config, dict):
         cfg = Config.from_dict(config)
     else:

@@ -260,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build the Config from ``--config`` and the flags given (flags win)."""
     cfg = Config.load(args.config) if getattr(args, "config", None) else Config()
     d = cfg.to_dict()
+    chosen = set()
     for flag, (sec, key, conv) in _FLAGS.items():
         v = getattr(args, flag, None)
         if v is None:
@@ -267,7 +268,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if conv is not None and conv is not bool and isinstance(v, str):
             v = conv(v)
         d[sec][key] = v
-    return Config.from_dict(d)
+        chosen.add(f"{sec}.{key}")
+    return Config.from_dict(d).with_chosen(chosen)
 
 
 class _Progress:

@@ -196,12 +196,27 @@ class Config(_Section):
         return cls.from_dict(d)
 
     def replace(self, **dotted: Any) -> "Config":
-        """Copy with overrides given as ``section__key=value`` or ``key=value`` (unique keys)."""
+        """Copy with overrides given as ``section__key=value`` or ``key=value`` (unique keys); the keys
+        given are remembered as chosen (:attr:`chosen`)."""
         d = self.to_dict()
+        keys = set()
         for k, v in dotted.items():
             sec, key = _locate(k)
             d[sec][key] = v
-        return Config.from_dict(d)
+            keys.add(f"{sec}.{key}")
+        return Config.from_dict(d).with_chosen(self.chosen | keys)
+
+    @property
+    def chosen(self) -> frozenset[str]:
+        """``section.key`` names the user set explicitly (keyword overrides, command-line flags), so that
+        the data's defaults (:func:`with_data_defaults`) never replace them, even where a chosen value
+        equals the generic default. Not saved: a saved Config holds values only."""
+        return self.__dict__.get("_chosen", frozenset())
+
+    def with_chosen(self, keys) -> "Config":
+        """This Config, recording ``keys`` (``section.key``) as chosen; returns it."""
+        object.__setattr__(self, "_chosen", frozenset(keys))
+        return self
 
     # --- validation -----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -277,16 +292,17 @@ SPECTRA_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def with_data_defaults(cfg: Config, frame_ndim: int) -> Config:
-    """``cfg`` with the defaults for the data's dimensionality filled in where the user kept the generic ones."""
+    """``cfg`` with the defaults for the data's dimensionality filled in where the user kept the generic
+    ones and did not choose them explicitly (:attr:`Config.chosen`)."""
     if frame_ndim != 1:
         return cfg
     generic = Config().to_dict()
     d = cfg.to_dict()
     for sec, vals in SPECTRA_DEFAULTS.items():
         for k, v in vals.items():
-            if d[sec][k] == generic[sec][k]:
+            if d[sec][k] == generic[sec][k] and f"{sec}.{k}" not in cfg.chosen:
                 d[sec][k] = v
-    return Config.from_dict(d)
+    return Config.from_dict(d).with_chosen(cfg.chosen)
 
 
 _SECTION = {

@@ -167,7 +167,7 @@ class Trainer:
         checkpoint: str | Path | None = None,
         resume: bool = False,
     ):
-        cfg = with_data_defaults(Config.from_dict(config.to_dict()), int(stack.frame_ndim))
+        cfg = with_data_defaults(Config.from_dict(config.to_dict()).with_chosen(config.chosen), int(stack.frame_ndim))
         cfg.data.ndim = int(stack.frame_ndim)
         stack.check_denoisable()
         cfg.method.name = resolve_auto(cfg, stack)
