@@ -238,9 +238,9 @@ def test_worker_task_in_process_loads_the_model_once(files):
     inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
     D._MODELS.clear()
     rings = D.profile_rings(model, stack, model.config.infer)  # the file gives a beam centre: the client's ring map
-    c0, a, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
+    c0, a, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     first = D._MODELS[(key, "cpu")]
-    c0b, b, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
+    c0b, b, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     assert D._MODELS[(key, "cpu")] is first and len(D._MODELS) == 1
     ref = predict_stack(model, stack, infer=model.config.infer)
     assert c0 == c0b == 3
@@ -277,7 +277,7 @@ def test_worker_applies_the_default_flux_correction_like_the_single_process_path
     inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
     assert inf["preserve_profile"] is None  # auto
     rings = D.profile_rings(model, stack, model.config.infer)  # the client's ring map, sent to the workers
-    _, got, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu", rings=rings)  # one chunk
+    _, got, _, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu", rings=rings)  # one chunk
     ref = predict_stack(model, stack, infer=model.config.infer)
     np.testing.assert_array_equal(got, ref[:3])
     off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer)
@@ -327,3 +327,18 @@ def test_interrupted_then_resumed_on_the_cluster(cluster, files, tmp_path):
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["entry/data/data"][()], ref)
     assert not part.exists()
+
+
+def test_an_output_that_lost_the_counts_is_reported_from_the_workers(cluster, files, caplog):
+    """The workers count the input and output totals of their chunks; the client warns as predict_stack does."""
+    model = _model(files["n2s"])
+    with torch.no_grad():  # a network that returns nothing: zero weights, a very negative output bias
+        params = list(model.net.parameters())
+        for p in params:
+            p.zero_()
+        params[-1].fill_(-50.0)
+    stack = open_stack(files["h5"])
+    with caplog.at_level("WARNING", logger="napari_xrd_denoise"):
+        out = D.predict_distributed(model, stack, infer=model.config.infer, scheduler=cluster)
+    assert np.nansum(out) == 0
+    assert any("hold 0%" in r.getMessage() and "scan_master.h5" in r.getMessage() for r in caplog.records)

@@ -36,12 +36,14 @@ import numpy as np
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
-from .inference import correct_profile, data_center, flux_provenance, profile_rings, whole_frame_flux
+from .inference import CountsTally, correct_profile, data_center, flux_provenance, profile_rings, whole_frame_flux
 from .methods.base import FrameSource, stack_arrays
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
 CONNECT_TIMEOUT_S = 20.0
 _WORKER_CACHE = 4  # models / opened stacks kept per worker process
+
+_log = logging.getLogger("napari_xrd_denoise")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,7 +276,8 @@ def denoise_chunk(
     rings: np.ndarray | None = None,
     whole_frame: bool = False,
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """Worker task: denoise flat frames ``c0:c1``; returns ``(c0, counts float32, valid)``.
+    """Worker task: denoise flat frames ``c0:c1``; returns ``(c0, counts float32, valid, totals)``, where
+    ``totals`` are the input's and the output's counts and the valid pixels (``inference.CountsTally``).
 
     ``frames``: ``(indices, raw frames)`` sent by the client (every frame the method reads); without
     it the worker reads from ``stack_spec`` itself. Batches are those of ``predict_stack``. ``rings``:
@@ -307,10 +310,13 @@ def denoise_chunk(
         b1 = min(c1, b0 + bs)
         batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
         out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
+    counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
+    valid = np.asarray(valid, dtype=bool)
     if rings is not None or whole_frame:
-        counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
-        correct_profile(out, counts, np.asarray(valid, dtype=bool), rings, inf, whole_frame)
-    return c0, out, np.asarray(valid, dtype=bool)
+        correct_profile(out, counts, valid, rings, inf, whole_frame)
+    tally = CountsTally(stack)
+    tally.add(counts, valid, out)
+    return c0, out, valid, (tally.raw, tally.den, tally.pixels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,6 +487,7 @@ def predict_distributed(
         buffer: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         ac = as_completed(loop=client.loop)
         done = start
+        tally = CountsTally(stack)
         if progress is not None:
             progress(done, n)
 
@@ -517,7 +524,7 @@ def predict_distributed(
             fut = next(ac)
             c0, c1 = futures.pop(fut)
             try:
-                r0, out, valid = fut.result()
+                r0, out, valid, totals = fut.result()
             except XRDError:
                 raise
             except Exception as e:  # a worker died or a task failed
@@ -528,6 +535,7 @@ def predict_distributed(
                         "(out of memory? try a smaller infer.chunk_frames or infer.batch_size)"
                     ) from None
                 raise
+            tally.add_totals(*totals)
             buffer[r0] = (c1, out, valid)
             while done in buffer:
                 e1, out, valid = buffer.pop(done)
@@ -552,6 +560,9 @@ def predict_distributed(
         raise
     finally:
         _close_quietly(client, cluster)
+    msg = tally.message()
+    if msg is not None:
+        _log.warning(msg)
     if writer is not None:
         writer.close()
         return Path(output)

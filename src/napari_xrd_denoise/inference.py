@@ -133,6 +133,11 @@ class CountsTally:
         self.den += float(np.sum(np.asarray(out, dtype=np.float64)[v]))
         self.pixels += int(v.sum())
 
+    def add_totals(self, raw: float, den: float, pixels: int) -> None:
+        """Add totals counted elsewhere (a dask worker's chunk)."""
+        if self.active:
+            self.raw, self.den, self.pixels = self.raw + float(raw), self.den + float(den), self.pixels + int(pixels)
+
     def message(self) -> str | None:
         if not self.active or self.raw < self.MIN_TOTAL or not self.pixels:
             return None
