@@ -227,8 +227,8 @@ def predict(
     describe the data (dataset, scan shape, mask, crop, PONI file) are this call's, from ``config`` or
     the overrides, never those of the data the model was trained on; inference options likewise. The
     beam centre (for the symmetry partner and the flux correction along the rings) is ``center=`` or
-    the config's, else the data's own (file metadata, ``poni=``), else the model's. An array input
-    comes back in its own shape.
+    the config's, else the data's own (file metadata, ``poni=``), else, for a symmetry model only, the
+    model's (``inference.data_center``). An array input comes back in its own shape.
     """
     from .inference import predict_stack
     from .model_file import DenoiserModel
@@ -249,7 +249,7 @@ def predict(
     stack = open_input(source, cfg, mask)
     from .inference import data_center
 
-    center = data_center(model, stack, user.method.center)  # given, else the data's own, else the model's
+    center = data_center(model, stack, user.method.center)  # given, else the data's own (or a symmetry model's)
     cfg.method.center = None if center is None else list(center)  # as used, for the provenance
     if output is not None:
         from .io.atomic import check_output

@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 # Running a network on numpy frames: batching, tiling with smooth blending
 # --------------------------------------------------------------------------------------------------
 def _balanced_tile(length: int, tile: int, overlap: int, multiple: int = 16) -> int:
-    """The tile side along an axis of ``length``: ``tile`` where one tile holds the axis, otherwise the
+    """The tile side along an axis of ``length``: the whole axis where one tile holds it, otherwise the
     smallest side (a multiple of ``multiple``, at most ``tile``) that covers the axis with as many tiles as
     ``tile`` would need. A 516-row Lambda frame then runs as two tiles of 288 rows, not two of 512."""
     if length <= tile:
