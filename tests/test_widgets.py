@@ -71,7 +71,7 @@ def _open(qtbot, load, path, scan_shape="2x3"):
     load.path.setText(str(path))
     load._refresh_datasets()
     load.scan_shape.setText(scan_shape)
-    load.open()
+    load.open_btn.click()  # as a user does: the button's clicked(bool) reaches the slot
     qtbot.waitUntil(lambda: not load.busy, timeout=30000)
 
 
@@ -182,7 +182,7 @@ def test_each_widget_builds(make_napari_viewer):
     assert "cpu" in devs
     # nothing is running and nothing can be exported yet: errors, not crashes
     n0 = _n_records()
-    export.export_model()
+    export.model_btn.click()
     predict.start()
     assert any("no model" in e for e in _errors_since(n0))
 
@@ -402,7 +402,7 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
 
     # --- ROI from a Shapes rectangle, centre from a Points layer, symmetry preview ------------------
     viewer.add_shapes([np.array([[8, 10], [8, 54], [56, 54], [56, 10]])], shape_type="rectangle", name="roi")
-    masks.roi_from_shapes()
+    masks.roi_btn.click()
     roi = state.roi
     assert roi is not None and roi.shape == FRAME
     ys, xs = np.nonzero(roi)
@@ -410,33 +410,33 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
     viewer.add_points([list(scan.center)], name="clicked centre")
     viewer.layers.selection.active = viewer.layers["clicked centre"]
     state.set_center(None)
-    masks.center_from_points()
+    masks.pts_btn.click()
     assert state.center == pytest.approx(scan.center, abs=1e-4)
     assert state.config.method.center == pytest.approx(list(scan.center), abs=1e-4)
     # hot pixels (valid in the file, 10^4-10^6 counts) are found and excluded first: they would swamp the score
-    masks.find_hot_dead()
+    masks.find_btn.click()
     qtbot.waitUntil(lambda: masks.find_btn.isEnabled(), timeout=30000)
     assert np.array_equal(np.asarray(viewer.layers["exclusions"].data) == 2, scan.hot)
     assert state.exclusions is not None and np.all(state.exclusions[scan.hot])
-    masks.preview_symmetry()
+    masks.preview_btn.click()
     assert masks.score is not None and masks.score > 0.5  # the synthetic pattern is centrosymmetric
     assert viewer.layers["symmetric partner"].data.shape == FRAME
     assert viewer.layers["common mask"].data.shape == FRAME
 
     # --- train a few steps, then Stop ---------------------------------------------------------------
     _fast_training(train, epochs=500)
-    train.start()
+    train.start_btn.click()
     # stopped after an epoch has finished (before it, a run makes no model)
     qtbot.waitUntil(lambda: "denoised preview" in viewer.layers and bool(train.history), timeout=60000)
     assert viewer.layers["denoised preview"].data.shape == FRAME
-    train.stop()
+    train.stop_btn.click()
     qtbot.waitUntil(lambda: not train.is_running, timeout=1000)
     model = state.model
     assert model is not None and model.config.method.name == "n2s"
     assert train.steps  # loss curve data arrived through the worker
 
     # --- predict and compare ------------------------------------------------------------------------
-    predict.start()
+    predict.run_btn.click()
     qtbot.waitUntil(lambda: not predict.is_running, timeout=60000)
     res = state.result
     assert res is not None and res.path is None  # small stack: in memory
@@ -474,7 +474,7 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
     # metrics against the ground truth, and the azimuthal profile of the current frame (1, 2)
     viewer.add_image(scan.truth, name="truth")
     predict.reference.setCurrentIndex(predict.reference.findText("truth"))
-    predict.update_frame_views()
+    predict.update_btn.click()
     psnr_raw, psnr_den = predict.metrics["PSNR √-scale vs ref (dB)"]
     fr_valid = wvalid[1, 2]
     assert psnr_raw == pytest.approx(psnr_sqrt(np.where(fr_valid, scan.counts[1, 2], np.nan), scan.truth[1, 2],
@@ -486,14 +486,14 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
 
     # --- export --------------------------------------------------------------------------------------
     export.data_path.setText(str(tmp_path / "den.h5"))
-    export.export_data()
+    export.data_btn.click()
     qtbot.waitUntil(lambda: not export.is_running, timeout=30000)
     export.mask_path.setText(str(tmp_path / "mask.npy"))
-    export.export_mask()
+    export.mask_btn.click()
     export.model_path.setText(str(tmp_path / "model.pt"))
-    export.export_model()
+    export.model_btn.click()
     export.config_path.setText(str(tmp_path / "config.json"))
-    export.export_config()
+    export.config_btn.click()
     for name in ("den.h5", "mask.npy", "model.pt", "config.json"):
         assert (tmp_path / name).is_file(), name
     data, _, prov = read_result(tmp_path / "den.h5")
@@ -515,7 +515,7 @@ def test_whole_flow(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
     assert cfg.method.center == pytest.approx(list(scan.center), abs=1e-4)
     # refusing to overwrite is an error notification, not a silent replace
     n0 = _n_records()
-    export.export_model()
+    export.model_btn.click()
     assert any("exists" in e for e in _errors_since(n0))
     # napari's own Save layer on the denoised layer writes the same provenance as Export
     viewer.layers["scan_master denoised"].save(str(tmp_path / "layer.h5"), plugin="napari-xrd-denoise")
@@ -575,13 +575,13 @@ def test_crop_keeps_detector_coordinates(make_napari_viewer, qtbot, tmp_path, sc
     full[20, 30] = 1
     np.save(tmp_path / "user_mask.npy", full)
     masks.mask_path.setText(str(tmp_path / "user_mask.npy"))
-    masks.load_mask_file()
+    masks.load_btn.click()
     excl = np.asarray(viewer.layers["exclusions"].data)
     assert tuple(viewer.layers["exclusions"].translate) == (8.0, 6.0)
     assert np.argwhere(excl).tolist() == [[12, 24]]
     assert state.config.data.mask_file == str(tmp_path / "user_mask.npy")
     masks.mask_path.setText(str(tmp_path / "all_mask.npy"))
-    masks.save_mask_file()
+    masks.save_btn.click()
     saved = np.load(tmp_path / "all_mask.npy") != 0
     assert saved.shape == FRAME
     inside = np.zeros(FRAME, bool)
@@ -641,6 +641,6 @@ def test_real_xrf_spectra_streamed_to_file(make_napari_viewer, qtbot, tmp_path):
     assert len(x) == 4095 and np.array_equal(p_raw, raw[0], equal_nan=True)
 
     export.data_path.setText(str(tmp_path / "xrf_den.npy"))
-    export.export_data()
+    export.data_btn.click()
     qtbot.waitUntil(lambda: not export.is_running, timeout=30000)
     np.testing.assert_array_equal(np.load(tmp_path / "xrf_den.npy"), den)

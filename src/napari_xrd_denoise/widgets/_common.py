@@ -64,10 +64,20 @@ def report_error(exc: BaseException) -> str:
 
 
 def guarded(fn: Callable) -> Callable:
-    """Decorate a slot so any exception becomes a notification and the widget stays usable."""
+    """Decorate a slot so any exception becomes a notification and the widget stays usable.
+
+    Signals may send more arguments than the slot takes (a button's ``clicked`` sends ``checked``):
+    the extra positional arguments are dropped, as Qt drops them for a slot declared with fewer."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())
+    takes_any = any(p.kind is p.VAR_POSITIONAL for p in params)
+    n_pos = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if not takes_any:
+            args = args[:n_pos]
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - every error is shown to the user
