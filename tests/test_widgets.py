@@ -644,3 +644,84 @@ def test_real_xrf_spectra_streamed_to_file(make_napari_viewer, qtbot, tmp_path):
     export.data_btn.click()
     qtbot.waitUntil(lambda: not export.is_running, timeout=30000)
     np.testing.assert_array_equal(np.load(tmp_path / "xrf_den.npy"), den)
+
+
+@pytest.mark.gui
+def test_open_and_predict_guard_the_users_data(make_napari_viewer, qtbot, tmp_path, scan, scan_file):
+    """Open is refused while training runs (its result would be attached to the new data); a mask file and
+    a beam centre of one file are not carried to another; Clear forgets a loaded mask file; the streamed
+    result file never replaces the input or an existing file unless asked; a typed path wins over a layer;
+    a loaded model's settings become the session's."""
+    from napari_xrd_denoise.model_file import DenoiserModel
+
+    viewer = make_napari_viewer()
+    load, masks, train, predict, export = _widgets(viewer)
+    state = load.state
+    _open(qtbot, load, scan_file)
+    # a mask file loaded for this file ...
+    np.save(tmp_path / "m.npy", np.zeros(FRAME, np.uint8))
+    masks.mask_path.setText(str(tmp_path / "m.npy"))
+    masks.load_btn.click()
+    assert state.config.data.mask_file
+    masks.clear_btn.click()
+    assert state.config.data.mask_file is None  # Clear forgets it
+    masks.load_btn.click()
+    # ... and a typed beam centre do not follow to another file without a centre of its own
+    state.set_center((20.0, 21.0))
+    other = tmp_path / "other.npy"
+    np.save(other, scan.counts[:, :, :40, :50])
+    n0 = _n_records()
+    _open(qtbot, load, other)
+    assert state.stack.frame_shape == (40, 50) and state.center is None
+    assert state.config.data.mask_file is None and state.config.method.center is None
+    assert not _errors_since(n0)
+    # typing a path selects the file even where a layer was chosen
+    viewer.add_image(scan.counts, name="counts")
+    load._refresh_layers()
+    load.layer_combo.setCurrentIndex(load.layer_combo.findText("counts"))
+    load.path.edit.setText("")
+    qtbot.keyClicks(load.path.edit, str(scan_file))
+    assert load.layer_combo.currentText() == "(file)"
+    _open(qtbot, load, scan_file)
+    # Open while training runs: refused, one line, the data stay
+    _fast_training(train, epochs=10000)
+    train.steps_per_epoch.setValue(1000)
+    train.start_btn.click()
+    assert train.is_running
+    n1 = _n_records()
+    load.path.setText(str(other))
+    load.open_btn.click()
+    errs = _errors_since(n1)
+    assert len(errs) == 1 and "stop the training first" in errs[0]
+    assert state.stack.frame_shape == FRAME
+    train.stop_btn.click()
+    qtbot.waitUntil(lambda: not train.is_running, timeout=5000)
+    # the streamed result: never the input, an existing file only when asked
+    state.set_model(DenoiserModel.load(_tiny_model(tmp_path, scan), device="cpu"))
+    predict.out_mode.setCurrentIndex(predict.out_mode.findData("file"))
+    for target, want in ((scan_file, "input file"), (tmp_path / "m.npy.h5", None)):
+        Path(target).touch()
+        predict.out_path.setText(str(target))
+        n2 = _n_records()
+        predict.run_btn.click()
+        errs = _errors_since(n2)
+        assert len(errs) == 1 and (want or "tick 'replace an existing file'") in errs[0], errs
+    predict.out_replace.setChecked(True)
+    predict.run_btn.click()
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=60000)
+    assert state.result is not None and Path(state.result.path) == tmp_path / "m.npy.h5"
+    # a loaded model's settings are the session's (provenance and exported configuration)
+    train.model_path.setText(str(_tiny_model(tmp_path, scan)))
+    train.load_btn.click()
+    qtbot.waitUntil(lambda: state.config.model.width == 4, timeout=30000)
+    assert state.config.method.name == "n2s"
+
+
+def _tiny_model(tmp_path, scan) -> Path:
+    import napari_xrd_denoise as xd
+
+    p = tmp_path / "tiny.pt"
+    if not p.exists():
+        xd.train(scan.counts, method="n2s", width=4, depth=2, epochs=1, steps=2, train__batch_size=2, patch_size=32,
+                 device="cpu", model_path=p)
+    return p

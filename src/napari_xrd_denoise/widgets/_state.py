@@ -53,6 +53,7 @@ class XRDState:
         self.center: tuple[float, float] | None = None  # beam centre (y, x) in pixels of the cropped frame
         self.model: Any = None  # DenoiserModel
         self.result: Result | None = None
+        self.running: set[str] = set()  # background jobs on the open data ("training", "prediction")
 
     # --- config ---------------------------------------------------------------------------------
     def update_config(self, section: str, **values: Any) -> Config:

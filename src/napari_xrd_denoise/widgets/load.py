@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,7 @@ class LoadWidget(QWidget):
         g, f = group("Source")
         self.path = PathField("open", FILE_FILTER, "detector file (HDF5/NeXus, npy, TIFF, EDF, CBF, …)")
         self.path.edit.editingFinished.connect(self._refresh_datasets)
+        self.path.edit.textEdited.connect(self._file_chosen)
         f.addRow("File", self.path)
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("Use an Image layer that is already open instead of a file")
@@ -274,6 +277,12 @@ class LoadWidget(QWidget):
             self.dataset.setCurrentIndex(max(i, 0))
             self.dataset.blockSignals(False)
 
+    def _file_chosen(self, *_) -> None:
+        """Typing or browsing a path means the file, not a layer still chosen below."""
+        i = self.layer_combo.findText(FROM_FILE)
+        if i >= 0:
+            self.layer_combo.setCurrentIndex(i)
+
     def _source(self) -> tuple[Any, str]:
         name = self.layer_combo.currentText()
         if name and name != FROM_FILE:
@@ -298,8 +307,18 @@ class LoadWidget(QWidget):
         """Open the chosen file or layer in the background; shows the result as a lazy layer."""
         if self.busy:
             return
+        if self.state.running:
+            raise XRDError(f"stop the {' and the '.join(sorted(self.state.running))} first: it works on the open "
+                           "data, and its result would be attached to the new data")
         cfg = self.to_config()
         source, label = self._source()
+        prev = self.state.stack
+        new_src = source if isinstance(source, str) else getattr(source, "source", None)
+        self._new_source = prev is None or str(prev.source) != str(new_src)
+        if self._new_source:  # a centre or mask file set for other data does not describe these
+            cfg = copy.deepcopy(cfg)
+            cfg.method.center = None
+            cfg.data.mask_file = None
         self.busy = True
         self.open_btn.setEnabled(False)
         self.info.setText("Opening…")
@@ -347,8 +366,17 @@ class LoadWidget(QWidget):
         if chosen != AUTO and int(chosen) != stack.frame_ndim:  # e.g. spectra files are always 1D
             set_combo(self.ndim, stack.frame_ndim)
             self.state.config.data.ndim = stack.frame_ndim
+        before = self.state.center
         self.state.set_stack(stack, name)
-        self.state.set_center(None if res.get("center") is None else tuple(res["center"]))
+        if getattr(self, "_new_source", False) and self.state.config.data.mask_file:
+            self.state.update_config("data", mask_file=None)
+        new = None if res.get("center") is None else tuple(res["center"])
+        self.state.set_center(new)
+        if before is not None and new != before and stack.frame_ndim == 2:
+            from napari.utils.notifications import show_info
+
+            show_info("beam centre " + (f"({new[0]:.2f}, {new[1]:.2f}) from the file" if new is not None else
+                                        "cleared: these data give none (set one in the Masks widget)"))
         self.info.setText(res["info"])
         self._refresh_layers()
         self.update_preview()

@@ -267,6 +267,8 @@ class MaskWidget(QWidget):
         if layer is not None:
             layer.data = np.zeros_like(np.asarray(layer.data))
         self.state.set_masks(exclusions=None)
+        if self.state.config.data.mask_file:
+            self.state.update_config("data", mask_file=None)  # the cleared mask is not replayed
         self.excl_info.setText("No pixels excluded by the user.")
 
     @guarded

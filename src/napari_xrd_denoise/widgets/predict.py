@@ -137,6 +137,8 @@ class PredictWidget(QWidget):
         f.addRow("Result", self.out_mode)
         self.out_path = PathField("save", RESULT_FILTER, "denoised.h5 (streamed, read back lazily)")
         f.addRow("File", self.out_path)
+        self.out_replace = QCheckBox("replace an existing file")
+        f.addRow(self.out_replace)
         self.maps_on = QCheckBox("virtual-detector maps (ROI sums per scan point; 2D scans)")
         self.maps_on.setChecked(True)
         f.addRow(self.maps_on)
@@ -222,6 +224,11 @@ class PredictWidget(QWidget):
             p = self.out_path.path("result file")
             if p.suffix.lower() not in (".h5", ".hdf5"):
                 raise XRDError(f"{p}: the streamed result must be an HDF5 file (.h5)")
+            from ..io.atomic import check_output
+
+            check_output(p, True, inputs=(stack.source,))  # never the input file
+            if p.exists() and not self.out_replace.isChecked():
+                raise XRDError(f"{p}: file exists; tick 'replace an existing file' to replace it")
             return p
         stem = Path(str(stack.source)).stem or "stack"
         return Path(tempfile.mkdtemp(prefix="xrd-denoise-")) / f"{stem}_denoised.h5"
@@ -276,6 +283,7 @@ class PredictWidget(QWidget):
         self.progress.setFormat("stopped" if stopped else "failed")
 
     def _set_running(self, running: bool) -> None:
+        (self.state.running.add if running else self.state.running.discard)("prediction")
         self.run_btn.setEnabled(not running)
         self.stop_btn.setEnabled(running)
 
@@ -453,6 +461,8 @@ class PredictWidget(QWidget):
             off = [int(o) for o in self.state.frame_offset]
             sl = tuple(slice(o, o + s) for o, s in zip(off, fs))
             lead = shape[: len(shape) - nd]
+            if lead and int(np.prod(lead)) != stack.n_frames:
+                raise XRDError(f"reference layer '{name}' has {int(np.prod(lead))} frames, the data {stack.n_frames}")
             fr = np.asarray(data) if not lead else np.asarray(_flat(data, nd)[i])
             return fr[sl].astype(np.float32)
         raise XRDError(f"reference layer '{name}' of shape {shape} does not match the frames {fs}")

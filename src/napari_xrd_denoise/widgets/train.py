@@ -337,6 +337,7 @@ class TrainWidget(QWidget):
         self.progress.setFormat("stopping…")
 
     def _set_running(self, running: bool) -> None:
+        (self.state.running.add if running else self.state.running.discard)("training")
         self.start_btn.setEnabled(not running)
         self.stop_btn.setEnabled(running)
         for w in (self.save_btn, self.load_btn):
@@ -472,7 +473,21 @@ class TrainWidget(QWidget):
     def _loaded(self, model) -> None:
         self.state.set_model(model)
         self.set_from_config(model.config)
+        self.state.commit(lambda cfg: _adopt_model_settings(cfg, model.config))  # provenance, exported config
         self.status.setText(f"Loaded {self.model_path.text()}: {_describe(model)}")
+
+
+def _adopt_model_settings(cfg, model_cfg):
+    """The session's Config with a loaded model's method, network and training settings; the data and
+    inference settings, and the beam centre of the open data, stay the session's."""
+    import copy
+
+    center = cfg.method.center
+    cfg.method = copy.deepcopy(model_cfg.method)
+    cfg.method.center = center
+    cfg.model = copy.deepcopy(model_cfg.model)
+    cfg.train = copy.deepcopy(model_cfg.train)
+    return cfg
 
 
 def _cancel_holder(holder: dict) -> None:
