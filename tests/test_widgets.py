@@ -683,6 +683,11 @@ def test_open_and_predict_guard_the_users_data(make_napari_viewer, qtbot, tmp_pa
     qtbot.keyClicks(load.path.edit, str(scan_file))
     assert load.layer_combo.currentText() == "(file)"
     _open(qtbot, load, scan_file)
+    assert viewer.layers[-1].name == "beam centre"  # the marker stays above the re-opened data
+    load.path.setText(str(tmp_path / "missing.h5"))
+    load.open_btn.click()
+    assert "missing.h5" in load.info.text() and "stays open" in load.info.text()
+    load.path.setText(str(scan_file))
     # Open while training runs: refused, one line, the data stay
     _fast_training(train, epochs=10000)
     train.steps_per_epoch.setValue(1000)

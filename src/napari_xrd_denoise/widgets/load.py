@@ -310,8 +310,12 @@ class LoadWidget(QWidget):
         if self.state.running:
             raise XRDError(f"stop the {' and the '.join(sorted(self.state.running))} first: it works on the open "
                            "data, and its result would be attached to the new data")
-        cfg = self.to_config()
-        source, label = self._source()
+        try:
+            cfg = self.to_config()
+            source, label = self._source()
+        except Exception as e:
+            self._failed(e)
+            raise
         prev = self.state.stack
         new_src = source if isinstance(source, str) else getattr(source, "source", None)
         self._new_source = prev is None or str(prev.source) != str(new_src)
@@ -327,7 +331,8 @@ class LoadWidget(QWidget):
         )
 
     def _failed(self, exc: BaseException) -> None:
-        self.info.setText(f"Could not open: {exc}".splitlines()[0])
+        kept = f" ({self.state.stack.label} stays open)" if self.state.stack is not None else ""
+        self.info.setText(f"Could not open: {exc}".splitlines()[0] + kept)
 
     def _done(self) -> None:
         self.busy = False

@@ -338,7 +338,11 @@ class MaskWidget(QWidget):
         if self.state.stack is not None and self.state.stack.frame_ndim == 2:
             pos = np.array([[c[0] + oy, c[1] + ox]])
             if CENTER_LAYER in self.viewer.layers:
-                self.viewer.layers[CENTER_LAYER].data = pos
+                layers = self.viewer.layers
+                layers[CENTER_LAYER].data = pos
+                i = layers.index(CENTER_LAYER)
+                if i != len(layers) - 1:  # above the data (a re-opened file's raw layer is added on top)
+                    layers.move(i, len(layers))
             else:
                 self.viewer.add_points(pos, name=CENTER_LAYER, symbol="cross", size=9, face_color="cyan",
                                        border_color="cyan")

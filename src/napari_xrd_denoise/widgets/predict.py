@@ -123,12 +123,12 @@ class PredictWidget(QWidget):
         f.addRow("tile, overlap", row(self.tile, self.overlap))
         self.j_inv = QCheckBox("J-invariant (n2s: sum over mask phases; slower)")
         self.tta = QCheckBox("test-time augmentation (8 rotations/reflections)")
-        self.flux = QCheckBox("flux correction (along the rings with a beam centre or PONI, else whole frame)")
+        self.flux = QCheckBox("flux correction (along the rings with a beam centre or PONI, else whole frame; 2D)")
         self.flux.setChecked(True)
         self.flux.setToolTip(f"Scale the result so that, over windows of {InferConfig().profile_window} one-pixel "
                              "rings, its flux is the counts' (integrated intensities keep the data's). Rings need a "
                              "beam centre (Masks widget, or the file's) or a PONI; without one, each frame of integer "
-                             "counts keeps its total counts.")
+                             "counts keeps its total counts. Spectra (1D) are not corrected.")
         f.addRow(self.j_inv)
         f.addRow(self.tta)
         f.addRow(self.flux)
