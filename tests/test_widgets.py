@@ -639,6 +639,11 @@ def test_real_xrf_spectra_streamed_to_file(make_napari_viewer, qtbot, tmp_path):
     assert np.nanmin(den) >= 0  # counts, after the exact unbiased inverse
     x, p_raw, p_den = predict.profile  # the current spectrum, raw and denoised
     assert len(x) == 4095 and np.array_equal(p_raw, raw[0], equal_nan=True)
+    assert predict.spectrum.isVisible() or not predict.isVisible()
+    predict.spectrum.setValue(7)  # spectra are one image: the spin box picks the spectrum
+    x, p_raw, p_den = predict.profile
+    assert predict.frame_index == 7 and np.array_equal(p_raw, raw[7], equal_nan=True)
+    assert predict.table.horizontalHeaderItem(0).text() == "spectrum 7"
 
     export.data_path.setText(str(tmp_path / "xrf_den.npy"))
     export.data_btn.click()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QSpinBox, QTableWidget, QTableWidgetItem, QWidget
 
 from ..config import Config, InferConfig
 from ..errors import Cancelled, XRDError
@@ -167,6 +167,12 @@ class PredictWidget(QWidget):
         self.follow.setChecked(True)
         self.update_btn = button("Update", self.update_frame_views)
         f.addRow(row(self.follow, self.update_btn))
+        self.spectrum = QSpinBox()  # spectra are shown as an image (one row each): no slider picks one
+        self.spectrum.setToolTip("which spectrum the table and plot show (1D data)")
+        self.spectrum.valueChanged.connect(lambda *_: self.update_frame_views())
+        f.addRow("Spectrum", self.spectrum)
+        self._form = f
+        self._show_spectrum(False)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["current frame", "raw", "denoised"])
         self.table.verticalHeader().setVisible(False)
@@ -416,8 +422,21 @@ class PredictWidget(QWidget):
                     self.viewer.layers[n].visible = True
             self._hidden = []
 
-    def _on_stack_changed(self, *_) -> None:
+    def _on_stack_changed(self, stack=None, *_) -> None:
         self._clear()
+        one_d = stack is not None and stack.frame_ndim == 1 and stack.n_frames > 1
+        if one_d:
+            self.spectrum.blockSignals(True)
+            self.spectrum.setRange(0, stack.n_frames - 1)
+            self.spectrum.setValue(0)
+            self.spectrum.blockSignals(False)
+        self._show_spectrum(one_d)
+
+    def _show_spectrum(self, on: bool) -> None:
+        self.spectrum.setVisible(on)
+        label = self._form.labelForField(self.spectrum)
+        if label is not None:
+            label.setVisible(on)
 
     def _clear(self) -> None:
         self.table.setRowCount(0)
@@ -436,7 +455,10 @@ class PredictWidget(QWidget):
         res = self.state.result
         if stack is None or res is None:
             raise XRDError("no result: denoise the stack first")
-        i = scan_index(self.viewer, stack.scan_shape, stack.frame_ndim)
+        if stack.frame_ndim == 1:
+            i = min(int(self.spectrum.value()), stack.n_frames - 1)
+        else:
+            i = scan_index(self.viewer, stack.scan_shape, stack.frame_ndim)
         c, v = stack.counts(stack.frame(i))
         raw = np.where(v, c, np.nan).astype(np.float32)
         den = np.asarray(_flat(res.data, stack.frame_ndim)[i], dtype=np.float32)
@@ -495,7 +517,9 @@ class PredictWidget(QWidget):
 
     def _fill_table(self, m: dict) -> None:
         self.table.setRowCount(len(m))
-        self.table.setHorizontalHeaderLabels([f"frame {self.frame_index}", "raw", "denoised"])
+        st = self.state.stack
+        what = "spectrum" if st is not None and st.frame_ndim == 1 else "frame"
+        self.table.setHorizontalHeaderLabels([f"{what} {self.frame_index}", "raw", "denoised"])
         for r, (k, (a, b)) in enumerate(m.items()):
             self.table.setItem(r, 0, QTableWidgetItem(k))
             self.table.setItem(r, 1, QTableWidgetItem("" if not np.isfinite(a) else f"{a:.4g}"))
