@@ -536,3 +536,19 @@ def test_marccd_pixels_through_fabio(tmp_path):
     st = open_stack(tmp_path / "img_0001.mccd")
     assert st.shape == (1, 64, 48) and st.format == "mccd"
     assert np.array_equal(np.asarray(st.data.compute())[0], frame)
+
+
+def test_list_datasets_names_npz_arrays_and_merlin_zip_members(tmp_path):
+    """The GUI's Dataset list: the arrays of a .npz and the .mib members of a Merlin zip, each openable by name."""
+    from napari_xrd_denoise.io.readers import list_datasets, open_stack
+
+    np.savez(tmp_path / "t.npz", frames=np.arange(2 * 20 * 24, dtype=np.uint16).reshape(2, 20, 24), note=np.ones(2))
+    got = {n: s for n, s, _ in list_datasets(tmp_path / "t.npz")}
+    assert got == {"frames": (2, 20, 24), "note": (2,)}
+    assert open_stack(tmp_path / "t.npz", dataset="frames").shape == (2, 20, 24)
+    z = REAL / "merlin_4dstem" / "Merlin_navigation4x2_ROI.zip"
+    if not z.exists():
+        pytest.skip("real Merlin data not present")
+    names = [n for n, _, _ in list_datasets(z)]
+    assert names == ["001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"]
+    assert open_stack(z, dataset=names[1]).frame_shape == (128, 256)  # the ROI member, not the default first

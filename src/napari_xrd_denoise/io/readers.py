@@ -462,10 +462,21 @@ def _external_target(root_dir: Path, link: h5py.ExternalLink) -> Path:
 
 
 def list_datasets(path: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
-    """Numeric datasets of an HDF5 file as ``(path, shape, dtype)``, external links that exist included."""
+    """Numeric datasets of an HDF5 file as ``(path, shape, dtype)``, external links that exist included;
+    for a ``.npz`` its arrays, for a ``.zip`` its Merlin ``.mib`` members (shape ``()``: read when opened).
+    Each name is a valid ``dataset`` for :func:`open_stack`."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such file")
+    if path.suffix.lower() in (".npz", ".zip"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            raise InputFileError(f"{path}: not a readable zip archive") from None
+        if path.suffix.lower() == ".npz" or (names and all(n.endswith(".npy") for n in names if not n.endswith("/"))):
+            return [(k, shape, str(dt)) for k, (shape, dt, _) in _npz_members(path).items() if _is_numeric(dt)]
+        return [(n, (), "mib") for n in sorted((n for n in names if n.lower().endswith(".mib")), key=_natural_key)]
     f = _open_h5(path)
     return [(p, s, str(np.dtype(d))) for p, s, d, _ in _walk_h5(f, path.resolve().parent)]
 

@@ -73,7 +73,8 @@ def _dataset_names(entries) -> list[tuple[str, str]]:
             out.append((name, f"{name}  {tuple(shape)}" if shape is not None else name))
         elif isinstance(e, (tuple, list)) and e:
             name = str(e[0])
-            extra = " ".join(str(tuple(x)) if isinstance(x, (tuple, list)) else str(x) for x in e[1:])
+            extra = " ".join(str(tuple(x)) if isinstance(x, (tuple, list)) else str(x) for x in e[1:]
+                             if x != () and x != "mib")  # Merlin members: their shape is read when opened
             out.append((name, f"{name}  {extra}".strip()))
     return [o for o in out if o[0]]
 
@@ -267,7 +268,7 @@ class LoadWidget(QWidget):
         self.dataset.clear()
         self.dataset.addItem(AUTO_DATASET)
         try:
-            if p.suffix.lower() in HDF5_SUFFIXES and p.is_file():
+            if p.suffix.lower() in (*HDF5_SUFFIXES, ".npz", ".zip") and p.is_file():
                 from ..io.readers import list_datasets
 
                 for name, label in _dataset_names(list_datasets(p)):
