@@ -22,6 +22,7 @@ from napari_xrd_denoise.sample_data import load_lab6
 from napari_xrd_denoise.synthetic import make_scan
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_LAMBDA = REAL / "lambda750k_nexus"
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,23 @@ def test_lab6_integrator_errors(tmp_path):
         lab6_integrator(10.0, calibration=tmp_path / "none.json")
     with pytest.raises(XRDError, match="two_theta"):
         lab6_integrator(float("nan"))
+
+
+def test_a_cropped_stack_keeps_its_rings():
+    """The 2theta map of a cropped frame is the full frame's map cropped (the PONI moves with the crop
+    origin); it was the full detector's map laid on the crop, up to 3 degrees off on the Lambda frames."""
+    import glob
+
+    from napari_xrd_denoise.io.readers import open_stack
+    from napari_xrd_denoise.physics.geometry import radial_map
+
+    files = sorted(glob.glob(str(REAL_LAMBDA / "*00000.nxs")))
+    if not files:
+        pytest.skip("real Lambda data not present")
+    s = open_stack(files[0], poni=REAL_LAMBDA / "L2.poni")
+    full = radial_map(s.frame_shape, geometry=s.geometry)
+    c = s.crop([100, 400, 300, 1200])
+    np.testing.assert_allclose(radial_map(c.frame_shape, geometry=c.geometry), full[100:400, 300:1200], atol=1e-9)
+    cc = c.crop([10, 200, 50, 500])  # cropped twice
+    np.testing.assert_allclose(radial_map(cc.frame_shape, geometry=cc.geometry), full[110:300, 350:800], atol=1e-9)
+    assert cc.beam_center == pytest.approx((s.beam_center[0] - 110, s.beam_center[1] - 350))

@@ -20,6 +20,23 @@ def spread_indices(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(int(n), int(k))).round().astype(int))
 
 
+def _cropped_geometry(geometry: dict[str, Any], y0: int, x0: int) -> dict[str, Any] | None:
+    """The PONI geometry of a frame cropped from ``(y0, x0)``: the PONI moves by the crop origin. pyFAI's
+    PONI is measured from the first pixel along rows (poni1) and columns (poni2) for the default detector
+    orientation (3); for another orientation, or without pixel sizes, None (the stack keeps its shifted
+    beam centre, and rings are then taken about it)."""
+    g = dict(geometry)
+    dc = g.get("detector_config") if isinstance(g.get("detector_config"), dict) else {}
+    if int(dc.get("orientation", 3) or 3) != 3:
+        return None
+    p1, p2 = g.get("pixel1", dc.get("pixel1")), g.get("pixel2", dc.get("pixel2"))
+    if p1 is None or p2 is None or "poni1" not in g or "poni2" not in g:
+        return None
+    g["poni1"] = float(g["poni1"]) - int(y0) * float(p1)
+    g["poni2"] = float(g["poni2"]) - int(x0) * float(p2)
+    return g
+
+
 @dataclass
 class ScanStack:
     """A lazy stack of raw frames, shape ``scan_shape + frame_shape``.
@@ -152,9 +169,13 @@ class ScanStack:
         lead = (slice(None),) * len(self.scan_shape)
         sv = None if self.static_valid is None else self.static_valid[tuple(sl)]
         bc = self.beam_center
-        if bc is not None and self.frame_ndim == 2:
-            bc = (bc[0] - box[0], bc[1] - box[2])
-        return replace(self, data=self.data[lead + tuple(sl)], static_valid=sv, beam_center=bc)
+        geo = self.geometry
+        if self.frame_ndim == 2:
+            if bc is not None:
+                bc = (bc[0] - box[0], bc[1] - box[2])
+            if geo is not None:
+                geo = _cropped_geometry(geo, box[0], box[2])
+        return replace(self, data=self.data[lead + tuple(sl)], static_valid=sv, beam_center=bc, geometry=geo)
 
     def crop_to_mask(self, valid: np.ndarray) -> "ScanStack":
         """Crop to the bounding box of a boolean ROI (``True`` = inside)."""
