@@ -552,3 +552,15 @@ def test_list_datasets_names_npz_arrays_and_merlin_zip_members(tmp_path):
     names = [n for n, _, _ in list_datasets(z)]
     assert names == ["001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"]
     assert open_stack(z, dataset=names[1]).frame_shape == (128, 256)  # the ROI member, not the default first
+
+
+def test_cropping_spectra_crops_their_energy_axis():
+    from napari_xrd_denoise.io.readers import open_stack
+
+    p = REAL / "xrf_spectra" / "05_xrf_spectra.csv"
+    if not p.exists():
+        pytest.skip("real XRF data not present")
+    s = open_stack(p)
+    e = s.axis_values["energy_keV"]
+    c = s.crop([100, 1100])
+    assert c.frame_shape == (1000,) and np.array_equal(c.axis_values["energy_keV"], e[100:1100])

@@ -175,7 +175,14 @@ class ScanStack:
                 bc = (bc[0] - box[0], bc[1] - box[2])
             if geo is not None:
                 geo = _cropped_geometry(geo, box[0], box[2])
-        return replace(self, data=self.data[lead + tuple(sl)], static_valid=sv, beam_center=bc, geometry=geo)
+        axes = dict(self.axis_values)
+        if self.frame_ndim == 1:  # a spectrum's energy (or channel) axis is cropped with it
+            n = self.frame_shape[0]
+            for k, v in axes.items():
+                if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n:
+                    axes[k] = v[sl[0]]
+        return replace(self, data=self.data[lead + tuple(sl)], static_valid=sv, beam_center=bc, geometry=geo,
+                       axis_values=axes)
 
     def crop_to_mask(self, valid: np.ndarray) -> "ScanStack":
         """Crop to the bounding box of a boolean ROI (``True`` = inside)."""
