@@ -689,6 +689,8 @@ def test_open_and_predict_guard_the_users_data(make_napari_viewer, qtbot, tmp_pa
     assert load.layer_combo.currentText() == "(file)"
     _open(qtbot, load, scan_file)
     assert viewer.layers[-1].name == "beam centre"  # the marker stays above the re-opened data
+    load.preview_on.setChecked(True)
+    assert "transformed frame" in viewer.layers
     load.path.setText(str(tmp_path / "missing.h5"))
     load.open_btn.click()
     assert "missing.h5" in load.info.text() and "stays open" in load.info.text()
@@ -704,10 +706,29 @@ def test_open_and_predict_guard_the_users_data(make_napari_viewer, qtbot, tmp_pa
     errs = _errors_since(n1)
     assert len(errs) == 1 and "stop the training first" in errs[0]
     assert state.stack.frame_shape == FRAME
+    n1b = _n_records()
+    predict.run_btn.click()  # nor Predict: the model is still changing
+    assert any("training is running" in e for e in _errors_since(n1b))
+    assert predict.status.text().startswith("Not done: training is running")  # not the last success
     train.stop_btn.click()
     qtbot.waitUntil(lambda: not train.is_running, timeout=5000)
     # the streamed result: never the input, an existing file only when asked
     state.set_model(DenoiserModel.load(_tiny_model(tmp_path, scan), device="cpu"))
+    # Save (mask, model) never writes onto the input, nor over a file unless asked
+    for field, btn, box in ((masks.mask_path, masks.save_btn, masks.mask_replace),
+                            (train.model_path, train.save_btn, train.model_replace)):
+        for target, want in ((scan_file, "input file"), (tmp_path / "m.npy", "tick 'Save may replace")):
+            field.setText(str(target if btn is masks.save_btn or target is scan_file else tmp_path / "old.pt"))
+            if btn is train.save_btn and target is not scan_file:
+                (tmp_path / "old.pt").write_bytes(b"precious")
+            before = Path(field.text()).read_bytes()
+            n3 = _n_records()
+            btn.click()
+            errs = _errors_since(n3)
+            if btn is train.save_btn and target is scan_file:
+                want = "ends in .pt"  # a data file is never a model file
+            assert len(errs) == 1 and want in errs[0], errs
+            assert Path(field.text()).read_bytes() == before
     predict.out_mode.setCurrentIndex(predict.out_mode.findData("file"))
     for target, want in ((scan_file, "input file"), (tmp_path / "m.npy.h5", None)):
         Path(target).touch()
@@ -725,6 +746,10 @@ def test_open_and_predict_guard_the_users_data(make_napari_viewer, qtbot, tmp_pa
     train.load_btn.click()
     qtbot.waitUntil(lambda: state.config.model.width == 4, timeout=30000)
     assert state.config.method.name == "n2s"
+    # other data: no stale centre marker or transformed frame of the previous file
+    _open(qtbot, load, other)
+    assert "beam centre" not in viewer.layers
+    assert "transformed frame" not in viewer.layers or viewer.layers["transformed frame"].data.shape[-2:] == (40, 50)
 
 
 def _tiny_model(tmp_path, scan) -> Path:
@@ -735,3 +760,20 @@ def _tiny_model(tmp_path, scan) -> Path:
         xd.train(scan.counts, method="n2s", width=4, depth=2, epochs=1, steps=2, train__batch_size=2, patch_size=32,
                  device="cpu", model_path=p)
     return p
+
+
+@pytest.mark.gui
+def test_spectra_cropped_on_their_first_open(make_napari_viewer, qtbot):
+    """The crop's x range is the channel range of spectra, even before the widget knows the file is 1D."""
+    csv = REAL / "xrf_spectra" / "05_xrf_spectra.csv"
+    if not csv.is_file():
+        pytest.skip(f"real data not found: {csv}")
+    viewer = make_napari_viewer()
+    load, *_ = _widgets(viewer)
+    load.crop_on.setChecked(True)
+    load.x0.setValue(100)
+    load.x1.setValue(1100)
+    n0 = _n_records()
+    _open(qtbot, load, csv, scan_shape="")
+    assert not _errors_since(n0)
+    assert load.state.stack.frame_shape == (1000,) and load.state.config.data.crop == [100, 1100]

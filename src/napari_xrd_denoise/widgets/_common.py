@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -40,7 +41,7 @@ def error_line(exc: BaseException) -> str:
     """One line for a notification: the XRDError text, or the type and first line of anything else."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
-    if isinstance(exc, XRDError):
+    if isinstance(exc, (XRDError, Cancelled)):
         return first or type(exc).__name__
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
@@ -82,9 +83,25 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - every error is shown to the user
             report_error(e)
+            status = getattr(args[0], "status", None) if args else None
+            if status is not None and hasattr(status, "setText"):  # the label must not show the last success
+                with contextlib.suppress(Exception):
+                    status.setText(f"Not done: {error_line(e)}")
             return None
 
     return wrapper
+
+
+def check_save(path: Path, replace_box, state, box_text: str) -> Path:
+    """Before a widget writes ``path``: never the open input file, and an existing file only with
+    ``replace_box`` ticked (its text ``box_text`` is quoted in the message)."""
+    from ..io.atomic import check_output
+
+    src = getattr(getattr(state, "stack", None), "source", None)
+    check_output(Path(path), True, inputs=(src,) if src else ())
+    if Path(path).exists() and not replace_box.isChecked():
+        raise XRDError(f"{path}: file exists; tick '{box_text}' to replace it")
+    return Path(path)
 
 
 # --- background work ----------------------------------------------------------------------------

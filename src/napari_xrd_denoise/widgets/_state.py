@@ -148,6 +148,17 @@ class XRDState:
         self.result_changed.emit(result)
 
 
+def adopt_model_settings(cfg: Config, model_cfg: Config) -> Config:
+    """``cfg`` with a model's method, network and training settings; its data and inference settings,
+    and the beam centre of the open data, stay as they are."""
+    center = cfg.method.center
+    cfg.method = copy.deepcopy(model_cfg.method)
+    cfg.method.center = center
+    cfg.model = copy.deepcopy(model_cfg.model)
+    cfg.train = copy.deepcopy(model_cfg.train)
+    return cfg
+
+
 _STATES: "weakref.WeakKeyDictionary[Any, XRDState]" = weakref.WeakKeyDictionary()
 
 

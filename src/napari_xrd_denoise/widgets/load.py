@@ -88,7 +88,10 @@ def _open_job(source: Any, cfg: Config, label: str) -> dict:
     full_cfg = copy.deepcopy(cfg)
     full_cfg.data.crop = None
     full = open_input(source, full_cfg)
-    stack = full.crop(cfg.data.crop)
+    crop = cfg.data.crop
+    if crop and len(crop) == 4 and full.frame_ndim == 1:
+        crop = list(crop[2:])  # spectra: the x range is the channel range (the widget did not know yet)
+    stack = full.crop(crop)
     stack.check_denoisable()
     center = cfg.method.center  # the file's own beam centre wins over one left in the config
     if stack.beam_center is not None and stack.frame_ndim == 2:
@@ -103,7 +106,7 @@ def _open_job(source: Any, cfg: Config, label: str) -> dict:
     raw = stack.frame(0)
     x = np.where(stack.valid(raw), raw, np.nan).astype(np.float32)
     return {"stack": stack, "info": info, "limits": robust_limits(x), "label": label, "center": center,
-            "full_frame_shape": full.frame_shape}
+            "full_frame_shape": full.frame_shape, "crop": crop}
 
 
 class LoadWidget(QWidget):
@@ -343,6 +346,8 @@ class LoadWidget(QWidget):
     def _opened(self, res: dict) -> None:
         stack: ScanStack = res["stack"]
         cfg = self.state.config
+        if res.get("crop") != cfg.data.crop:
+            self.state.update_config("data", crop=res.get("crop"))
         crop = cfg.data.crop
         offset = (0.0,) * stack.frame_ndim
         if crop and stack.frame_ndim == 2:
@@ -444,7 +449,7 @@ class LoadWidget(QWidget):
             t = t[None]
         off = self.state.frame_offset if len(self.state.frame_offset) == t.ndim else (0.0,) * t.ndim
         set_layer(self.viewer, "transformed frame", t, contrast_limits=robust_limits(t), colormap="viridis",
-                  translate=off)
+                  translate=off, metadata={"xrd_role": "preview"})  # removed when other data open
 
 
 __all__ = ["LoadWidget", "counts_view"]

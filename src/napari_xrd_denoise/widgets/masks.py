@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QCheckBox, QWidget
 from ..config import Config
 from ..errors import XRDError
 from ._common import (
+    check_save,
     PathField,
     button,
     combo,
@@ -96,6 +97,8 @@ class MaskWidget(QWidget):
         self.load_btn = button("Load", self.load_mask_file, "nonzero = masked (pyFAI / Dioptas)")
         self.save_btn = button("Save", self.save_mask_file, "all invalid pixels, detector frame size")
         f.addRow(row(self.load_btn, self.save_btn))
+        self.mask_replace = QCheckBox("Save may replace an existing file")
+        f.addRow(self.mask_replace)
         self.excl_info = info_label("")
         f.addRow(self.excl_info)
         lay.addWidget(g)
@@ -314,6 +317,7 @@ class MaskWidget(QWidget):
     @guarded
     def save_mask_file(self) -> None:
         p = self.mask_path.path("mask file")
+        check_save(p, self.mask_replace, self.state, "Save may replace an existing file")
         ex = self.all_excluded()
         save_mask(p, ex)
         self.state.update_config("data", mask_file=str(p))
@@ -323,7 +327,16 @@ class MaskWidget(QWidget):
     def _on_center(self, c) -> None:
         if c is None:
             self.center_info.setText("Centre not set.")
+            if CENTER_LAYER in self.viewer.layers:  # no stale marker from other data
+                self.viewer.layers.remove(CENTER_LAYER)
             return
+        st = self.state.stack
+        if st is not None and st.frame_ndim == 2 and not all(0 <= v < s for v, s in zip(c, st.frame_shape)):
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"beam centre ({c[0]:.1f}, {c[1]:.1f}) lies outside the {st.frame_shape[0]}x"
+                         f"{st.frame_shape[1]} frame: the symmetry method needs partners inside it (rings for the "
+                         "flux correction are fine)")
         self.cy.blockSignals(True)
         self.cx.blockSignals(True)
         self.cy.setValue(c[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import tempfile
 import threading
 import time
@@ -244,6 +246,8 @@ class PredictWidget(QWidget):
         """Denoise the working stack with the current model in the background."""
         if self.is_running:
             return
+        if "training" in self.state.running:
+            raise XRDError("training is running: stop it or wait for it first (the model is still changing)")
         model = self.state.model
         if model is None:
             raise XRDError("no model: train one in the Train widget or load a model file first")
@@ -252,6 +256,9 @@ class PredictWidget(QWidget):
             raise XRDError("no data: open a file in the Load widget first")
         cfg = self.to_config()
         output = self._output_path(stack)
+        from ._state import adopt_model_settings
+
+        self._run = (model, adopt_model_settings(copy.deepcopy(cfg), model.config))  # what the result records
         from ..api import provenance
 
         prov = provenance(model.config, stack, {"model_version": str(getattr(model, "version", "")),
@@ -307,9 +314,9 @@ class PredictWidget(QWidget):
 
     @guarded
     def _on_result(self, res: dict) -> None:
-        model = self.state.model
-        result = Result(data=res["data"], path=res["path"], method=model.config.method.name if model else "",
-                        config=self.state.config_copy(), maps=res["maps"])
+        model, run_cfg = self._run
+        result = Result(data=res["data"], path=res["path"], method=model.config.method.name,
+                        config=run_cfg, maps=res["maps"])
         self.state.set_result(result)
         self.show_result(result)
         where = f" (file {result.path})" if result.path else ""

@@ -12,6 +12,7 @@ from ..config import METHODS, Config
 from ..errors import Cancelled, XRDError
 from ..io.stack import ScanStack
 from ._common import (
+    check_save,
     PathField,
     PlotCanvas,
     button,
@@ -33,7 +34,7 @@ from ._common import (
     spin,
     vbox,
 )
-from ._state import get_state
+from ._state import adopt_model_settings, get_state
 
 METHOD_TIPS = {
     "auto": "choose from the data: n2n-split for integer counts, else n2s",
@@ -174,6 +175,8 @@ class TrainWidget(QWidget):
         self.save_btn = button("Save model", self.save_model)
         self.load_btn = button("Load model", self.load_model)
         f.addRow(row(self.save_btn, self.load_btn))
+        self.model_replace = QCheckBox("Save may replace an existing file")
+        f.addRow(self.model_replace)
         lay.addWidget(g)
         lay.addStretch(1)
 
@@ -458,6 +461,9 @@ class TrainWidget(QWidget):
         if self.state.model is None:
             raise XRDError("save model: train or load a model first")
         p = self.model_path.path("model file")
+        if p.suffix.lower() not in (".pt", ".pth"):
+            raise XRDError(f"{p}: a model file ends in .pt")
+        check_save(p, self.model_replace, self.state, "Save may replace an existing file")
         self.state.model.save(p)
         self.status.setText(f"Saved model to {p}")
 
@@ -473,21 +479,8 @@ class TrainWidget(QWidget):
     def _loaded(self, model) -> None:
         self.state.set_model(model)
         self.set_from_config(model.config)
-        self.state.commit(lambda cfg: _adopt_model_settings(cfg, model.config))  # provenance, exported config
+        self.state.commit(lambda cfg: adopt_model_settings(cfg, model.config))  # provenance, exported config
         self.status.setText(f"Loaded {self.model_path.text()}: {_describe(model)}")
-
-
-def _adopt_model_settings(cfg, model_cfg):
-    """The session's Config with a loaded model's method, network and training settings; the data and
-    inference settings, and the beam centre of the open data, stay the session's."""
-    import copy
-
-    center = cfg.method.center
-    cfg.method = copy.deepcopy(model_cfg.method)
-    cfg.method.center = center
-    cfg.model = copy.deepcopy(model_cfg.model)
-    cfg.train = copy.deepcopy(model_cfg.train)
-    return cfg
 
 
 def _cancel_holder(holder: dict) -> None:
