@@ -99,6 +99,15 @@ def _residual_block(r, d):
     return poisson_residuals(r, d)
 
 
+def _import_quietly(name: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the profile reports a missing pyFAI itself when it needs it
+        pass
+
+
 class PredictWidget(QWidget):
     """Denoise the stack, show raw | denoised | residual side by side, ROI maps, profiles and metrics."""
 
@@ -106,6 +115,8 @@ class PredictWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
+        # pyFAI takes about a second to import: do it now in the background, not on the first profile
+        threading.Thread(target=_import_quietly, args=("pyFAI.integrator.azimuthal",), daemon=True).start()
         self._worker = None
         self._cancel = threading.Event()
         box = self._box = {"cancel": self._cancel}
