@@ -227,3 +227,45 @@ def test_denoise_with_qc_report(tmp_path, capsys):
     rep = json.loads((tmp_path / "qc_out.h5.qc.json").read_text())
     assert rep["n_frames"] == 6 and len(rep["frames"]["chi2"]) == 6
     assert (tmp_path / "qc_out.h5.qc.png").stat().st_size > 10_000
+
+
+def test_the_data_files_behind_a_master_are_never_an_output(tmp_path, capsys):
+    """An Eiger master reads its frames from data files: none of them may be replaced, --overwrite or not."""
+    from napari_xrd_denoise.synthetic import write_scan
+
+    master = write_scan(tmp_path / "syn_master.h5", make_scan(scan_shape=(2, 3), frame_shape=(48, 48), dose="mid",
+                                                              seed=2), external=True, frames_per_file=4)
+    data_files = sorted(p for p in tmp_path.glob("syn_data_*.h5"))
+    assert data_files
+    before = data_files[0].read_bytes()
+    code, _, err = run_cli(["denoise", master, "-o", data_files[0], "--overwrite", "--method", "n2s",
+                            *_flags(**FAST)], capsys)
+    assert code == 2 and "input file" in err and err.count("\n") == 1, err
+    assert data_files[0].read_bytes() == before
+    code, _, err = run_cli(["train", master, "-m", data_files[-1], "--overwrite", "--method", "n2s",
+                            *_flags(**FAST)], capsys)
+    assert code == 2 and "input file" in err
+
+
+def test_replayed_config_names_files_from_any_folder(tmp_path, capsys, monkeypatch):
+    """File names given relative to the working folder are written absolute into OUTPUT.config.json, so
+    `--config` replays from another folder; silly option values are one line."""
+    inp, _ = _write_scan(tmp_path)
+    np.save(tmp_path / "mask.npy", np.zeros((48, 48), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["denoise", "scan.npy", "-o", "o.h5", "--mask", "mask.npy", "--method", "n2s",
+                            *_flags(**FAST)], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "o.h5.config.json").read_text())
+    assert saved["data"]["mask_file"] == str(tmp_path / "mask.npy")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    code, _, err = run_cli(["denoise", "../scan.npy", "-o", "o2.h5", "--config", "../o.h5.config.json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["denoise", "../scan.npy", "-o", "o3.h5", "--warmup-epochs", "-5"], capsys)
+    assert code == 2 and "warmup_epochs" in err and err.count("\n") == 1
+    code, _, err = run_cli(["train", "../scan.npy", "-m", "m.pt", "--method", "n2s", *_flags(**FAST)], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["predict", "../scan.npy", "-m", "m.pt", "-o", "o4.h5", "--workers", "100000"], capsys)
+    assert code == 2 and "--workers 100000" in err and err.count("\n") == 1, err

@@ -34,7 +34,21 @@ def make_config(config: Config | dict | str | Path | None = None, **overrides: A
     else:
         cfg = Config.load(config)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return cfg.replace(**overrides) if overrides else cfg
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    return _absolute_paths(cfg)
+
+
+_PATH_FIELDS = (("data", "mask_file"), ("method", "poni"), ("method", "reference"), ("method", "init_model"))
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    """File names in ``cfg`` that exist relative to the working folder, made absolute, so that the
+    configuration written beside an output (and into a model) replays from any folder."""
+    for sec, key in _PATH_FIELDS:
+        v = getattr(getattr(cfg, sec), key)
+        if isinstance(v, (str, Path)) and v and not Path(v).is_absolute() and Path(v).exists():
+            setattr(getattr(cfg, sec), key, str(Path(v).resolve()))
+    return cfg
 
 
 _MASK_KEYS = ("mask", "mask_file", "data__mask_file")
@@ -195,7 +209,7 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
     if model_path is not None:
         from .io.atomic import check_output
 
-        check_output(Path(model_path), overwrite, inputs=(stack.source, ref_src))
+        check_output(Path(model_path), overwrite, inputs=(*stack.input_files, ref_src))
         if checkpoint is None:
             checkpoint = Path(str(model_path) + ".ckpt")
     trainer = Trainer(
@@ -255,7 +269,7 @@ def predict(
         from .io.atomic import check_output
         from .io.writers import output_kind
 
-        check_output(Path(output), overwrite or resume, inputs=(source,))
+        check_output(Path(output), overwrite or resume, inputs=(source, *stack.input_files))
         output_kind(output)  # an unsupported suffix is refused now, not after the work
     prov = provenance(cfg, stack, {"model_version": getattr(model, "version", "")})
     if workers or scheduler:
@@ -322,6 +336,12 @@ def denoise(
         if model_path is not None:
             check_output(Path(model_path), overwrite, inputs=(source,))
     stack = open_input(source, cfg, mask)
+    if output is not None or model_path is not None:  # nor any file the input's frames are read from
+        from .io.atomic import check_output
+
+        for p in (output, model_path):
+            if p is not None:
+                check_output(Path(p), True, inputs=stack.input_files)
     if cfg.method.name == "neighbors" and cfg.method.cycles > 1:
         result = _denoise_refined(stack, cfg, output, callback=callback, overwrite=overwrite, model_path=model_path)
     else:

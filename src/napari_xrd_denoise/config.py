@@ -236,6 +236,7 @@ class Config(_Section):
         _range("method.blind_fraction", m.blind_fraction, 1e-4, 0.5)
         _range("method.split_p", m.split_p, 0.05, 0.95)
         _range("method.cycles", m.cycles, 1, 50)
+        _range("method.warmup_epochs", m.warmup_epochs, 0, 100000)
         _range("model.depth", mo.depth, 1, 6)
         _range("model.width", mo.width, 2, 512)
         _range("model.stem_width", mo.stem_width, 0, 2048)

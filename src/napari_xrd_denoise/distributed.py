@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import math
 import pickle
 import re
@@ -361,6 +362,10 @@ def _connect(workers: int, scheduler: str | None, timeout: float):
     n = int(workers)
     if n < 1:
         raise XRDError(f"--workers {workers} must be at least 1")
+    cores = os.cpu_count() or 1
+    if n > 4 * cores:  # each worker is a process with torch loaded: hundreds of them only thrash
+        raise XRDError(f"--workers {n}: more than 4 per CPU core of this machine ({cores}); a local cluster of "
+                       f"at most {4 * cores} workers, or --scheduler ADDRESS for a real cluster")
     # no dashboard; the scheduler's small HTTP server on a free port (never a warning about port 8787)
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR)

@@ -673,6 +673,7 @@ def _open_hdf5(path: Path, dataset: str | None, ndim: int | None) -> dict[str, A
     out: dict[str, Any] = {"data": data, "format": fmt, "dataset": dpath, "notes": [], "frame_ndim": frame_ndim}
     if external:
         out["notes"].append("data files: " + ", ".join(Path(p).name for p in external))
+        out["files"] = tuple(str(p) for p in external)
     meta = _h5_metadata(f, meta_path)
     frame_shape = tuple(data.shape[-frame_ndim:])
     if "pixel_mask" in meta:
@@ -1570,7 +1571,7 @@ def _check_edf(path: str, header: dict, frame: tuple[int, ...], dtype: np.dtype,
 
 _STACK_FIELDS = {
     "dataset", "format", "bit_depth", "saturation", "pixel_size", "beam_center", "geometry", "count_time",
-    "axis_values", "notes", "static_valid",
+    "axis_values", "notes", "static_valid", "files",
 }
 
 

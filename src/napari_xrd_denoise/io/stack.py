@@ -62,6 +62,12 @@ class ScanStack:
     count_time: float | None = None  # seconds
     axis_values: dict[str, Any] = field(default_factory=dict)  # e.g. {"two_theta_deg": array}
     notes: list[str] = field(default_factory=list)
+    files: tuple[str, ...] = ()  # other files the frames are read from (an Eiger master's data files)
+
+    @property
+    def input_files(self) -> tuple[str, ...]:
+        """Every file the frames come from (the source and its linked data files): never an output."""
+        return tuple(f for f in (self.source, *self.files) if f)
 
     def __post_init__(self) -> None:
         if self.frame_ndim not in (1, 2):

@@ -97,8 +97,8 @@ def check_save(path: Path, replace_box, state, box_text: str) -> Path:
     ``replace_box`` ticked (its text ``box_text`` is quoted in the message)."""
     from ..io.atomic import check_output
 
-    src = getattr(getattr(state, "stack", None), "source", None)
-    check_output(Path(path), True, inputs=(src,) if src else ())
+    st = getattr(state, "stack", None)
+    check_output(Path(path), True, inputs=st.input_files if st is not None else ())
     if Path(path).exists() and not replace_box.isChecked():
         raise XRDError(f"{path}: file exists; tick '{box_text}' to replace it")
     return Path(path)

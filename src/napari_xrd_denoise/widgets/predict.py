@@ -245,7 +245,7 @@ class PredictWidget(QWidget):
                 raise XRDError(f"{p}: the streamed result must be an HDF5 file (.h5)")
             from ..io.atomic import check_output
 
-            check_output(p, True, inputs=(stack.source,))  # never the input file
+            check_output(p, True, inputs=stack.input_files)  # never the input file (nor its data files)
             if p.exists() and not self.out_replace.isChecked():
                 raise XRDError(f"{p}: file exists; tick 'replace an existing file' to replace it")
             return p
