@@ -377,6 +377,7 @@ def _denoise_refined(stack: ScanStack, cfg: Config, output, *, callback=None, ov
     from .refine import Refiner
 
     res = Refiner(cfg, stack, callback=callback).run()
+    flux = _refined_flux_correction(res, stack, cfg)
     if model_path is not None:
         mp = Path(model_path)
         for c, m in enumerate(res.models, start=1):
@@ -385,9 +386,29 @@ def _denoise_refined(stack: ScanStack, cfg: Config, output, *, callback=None, ov
     if output is None:
         return res.denoised
     valid = np.isfinite(res.denoised)
-    prov = provenance(res.models[-1].config, stack, {"refinement_cycles": int(cfg.method.cycles)})
+    prov = provenance(res.models[-1].config, stack, {"refinement_cycles": int(cfg.method.cycles),
+                                                     "flux_correction": flux})
     write_array(output, res.denoised, valid, provenance=prov, overwrite=overwrite, frame_ndim=stack.frame_ndim)
     return Path(output)
+
+
+def _refined_flux_correction(res, stack: ScanStack, cfg: Config) -> str:
+    """The flux correction of ``predict_stack`` (along the rings, else over each whole frame of integer
+    counts) applied to the refinement's result in place, chunk by chunk; returns its provenance entry."""
+    from .inference import correct_profile, data_center, flux_provenance, profile_rings, whole_frame_flux
+
+    model = res.models[-1]
+    inf = cfg.infer
+    rings = profile_rings(model, stack, inf, data_center(model, stack, cfg.method.center))
+    whole = whole_frame_flux(stack, inf, rings)
+    if rings is not None or whole:
+        den = res.denoised.reshape((stack.n_frames,) + stack.frame_shape)
+        step = max(1, int(inf.chunk_frames))
+        for c0 in range(0, stack.n_frames, step):
+            c1 = min(stack.n_frames, c0 + step)
+            counts, valid = stack.counts(stack.frames(c0, c1))
+            correct_profile(den[c0:c1], counts, valid & np.isfinite(den[c0:c1]), rings, inf, whole)
+    return flux_provenance(rings, inf, whole)
 
 
 def config_json(cfg: Config) -> str:
