@@ -258,3 +258,20 @@ def test_an_output_that_lost_the_counts_is_reported(caplog):
     fl = ScanStack.from_array(np.where(v, c, np.nan).astype(np.float32))
     predict_stack(_conv_model(0.0, -50.0), fl, notes=notes)
     assert notes == []
+
+
+def test_a_failure_hidden_by_the_flux_correction_is_still_reported():
+    """A network that returns a tenth of the counts: the whole-frame correction restores the totals, but
+    the warning (taken before it) still says the model did not learn the signal level."""
+    f = np.random.default_rng(1).poisson(8.0, size=(3, 64, 64)).astype(np.uint32)  # > 10 000 counts a frame
+    stack = ScanStack.from_array(f, source="bright.h5")
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+        net.bias.fill_(-0.83)  # a flat output of about 0.8 counts where the data hold 8
+    model = DenoiserModel(Config().replace(name="n2s", width=4, depth=2), net.eval(),
+                          Normalizer(mean=3.0, std=1.0).to_dict(), device=CPU)
+    notes: list[str] = []
+    out = predict_stack(model, stack, notes=notes)
+    assert np.allclose(np.nansum(out, axis=(1, 2)), f.sum(axis=(1, 2)), rtol=1e-4)  # totals corrected
+    assert len(notes) == 1 and "bright.h5" in notes[0] and "before any flux correction" in notes[0]

@@ -313,10 +313,10 @@ def denoise_chunk(
         out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
     counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
     valid = np.asarray(valid, dtype=bool)
+    tally = CountsTally(stack)
+    tally.add(counts, valid, out)  # before the flux correction, as predict_stack counts
     if rings is not None or whole_frame:
         correct_profile(out, counts, valid, rings, inf, whole_frame)
-    tally = CountsTally(stack)
-    tally.add(counts, valid, out)
     return c0, out, valid, (tally.raw, tally.den, tally.pixels)
 
 

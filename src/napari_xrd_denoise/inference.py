@@ -108,9 +108,9 @@ class CountsTally:
     """Input and output totals over the valid pixels of the frames denoised, for integer counts.
 
     A network that has not learnt the data's signal level (too little training for very sparse frames,
-    a model from other data) returns frames that hold far fewer or more counts than the input; the
-    whole-frame correction cannot repair an output of zeros and leaves frames under
-    ``MIN_FRAME_COUNTS`` alone. :meth:`message` then says so instead of a silent blank result.
+    a model from other data) returns frames that hold far fewer or more counts than the input. The
+    totals are taken before the flux correction, which would hide such a failure (or cannot repair it:
+    an output of zeros, frames under ``MIN_FRAME_COUNTS``); :meth:`message` then says so.
     """
 
     #: totals below this are too noisy (or too few) to judge
@@ -145,6 +145,7 @@ class CountsTally:
         if self.RANGE[0] <= ratio <= self.RANGE[1]:
             return None
         return (f"{self.label}: the denoised frames hold {ratio:.0%} of the input's {self.raw:.0f} counts "
+                "(before any flux correction) "
                 f"({self.raw / self.pixels:.2g} counts per valid pixel): the model has not learnt this signal "
                 "level; train longer on these data (--epochs, --max-minutes) and check the result before using it")
 
@@ -273,8 +274,8 @@ def predict_stack(
                 b1 = min(c1, b0 + bs)
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
+            tally.add(counts, valid, out)  # the network's own output: a flux correction can hide a failure
             correct_profile(out, counts, valid, rings, inf, whole)
-            tally.add(counts, valid, out)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:
