@@ -274,4 +274,4 @@ def test_a_failure_hidden_by_the_flux_correction_is_still_reported():
     notes: list[str] = []
     out = predict_stack(model, stack, notes=notes)
     assert np.allclose(np.nansum(out, axis=(1, 2)), f.sum(axis=(1, 2)), rtol=1e-4)  # totals corrected
-    assert len(notes) == 1 and "bright.h5" in notes[0] and "before any flux correction" in notes[0]
+    assert len(notes) == 1 and "bright.h5" in notes[0] and "network's own output" in notes[0]

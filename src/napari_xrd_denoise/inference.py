@@ -129,8 +129,11 @@ class CountsTally:
         if not self.active:
             return
         v = np.asarray(valid, dtype=bool) & np.isfinite(out)
-        self.raw += float(np.sum(np.asarray(counts, dtype=np.float64)[v]))
-        self.den += float(np.sum(np.asarray(out, dtype=np.float64)[v]))
+        c = np.asarray(counts, dtype=np.float64)
+        d = np.asarray(out, dtype=np.float64)
+        v &= ~(c > 100.0 + 50.0 * np.maximum(d, 0.0))  # hot pixels (which a denoiser rightly removes) left out
+        self.raw += float(np.sum(c[v]))
+        self.den += float(np.sum(d[v]))
         self.pixels += int(v.sum())
 
     def add_totals(self, raw: float, den: float, pixels: int) -> None:
@@ -145,7 +148,7 @@ class CountsTally:
         if self.RANGE[0] <= ratio <= self.RANGE[1]:
             return None
         return (f"{self.label}: the denoised frames hold {ratio:.0%} of the input's {self.raw:.0f} counts "
-                "(before any flux correction) "
+                "(the network's own output, hot pixels left out) "
                 f"({self.raw / self.pixels:.2g} counts per valid pixel): the model has not learnt this signal "
                 "level; train longer on these data (--epochs, --max-minutes) and check the result before using it")
 
