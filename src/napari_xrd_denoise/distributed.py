@@ -44,8 +44,6 @@ SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most 
 CONNECT_TIMEOUT_S = 20.0
 _WORKER_CACHE = 4  # models / opened stacks kept per worker process
 
-_log = logging.getLogger("napari_xrd_denoise")
-
 
 # --------------------------------------------------------------------------------------------------
 # What the workers are sent
@@ -565,9 +563,7 @@ def predict_distributed(
         raise
     finally:
         _close_quietly(client, cluster)
-    msg = tally.message()
-    if msg is not None:
-        _log.warning(msg)
+    tally.report()
     if writer is not None:
         writer.close()
         return Path(output)

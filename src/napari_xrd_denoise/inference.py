@@ -141,6 +141,14 @@ class CountsTally:
         if self.active:
             self.raw, self.den, self.pixels = self.raw + float(raw), self.den + float(den), self.pixels + int(pixels)
 
+    def report(self, notes: list[str] | None = None) -> None:
+        """Log :meth:`message` as a warning (and append it to ``notes``) when there is one."""
+        msg = self.message()
+        if msg is not None:
+            _log.warning(msg)
+            if notes is not None:
+                notes.append(msg)
+
     def message(self) -> str | None:
         if not self.active or self.raw < self.MIN_TOTAL or not self.pixels:
             return None
@@ -296,11 +304,7 @@ def predict_stack(
         if writer is not None:
             writer.abort()
         raise
-    msg = tally.message()
-    if msg is not None:
-        _log.warning(msg)
-        if notes is not None:
-            notes.append(msg)
+    tally.report(notes)
     if writer is not None:
         writer.close()
         return Path(output)

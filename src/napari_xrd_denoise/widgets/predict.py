@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QSpinBox, QTableW
 from ..config import Config, InferConfig
 from ..errors import Cancelled, XRDError
 from ._common import (
+    check_save,
     PathField,
     PlotCanvas,
     button,
@@ -243,12 +244,7 @@ class PredictWidget(QWidget):
             p = self.out_path.path("result file")
             if p.suffix.lower() not in (".h5", ".hdf5"):
                 raise XRDError(f"{p}: the streamed result must be an HDF5 file (.h5)")
-            from ..io.atomic import check_output
-
-            check_output(p, True, inputs=stack.input_files)  # never the input file (nor its data files)
-            if p.exists() and not self.out_replace.isChecked():
-                raise XRDError(f"{p}: file exists; tick 'replace an existing file' to replace it")
-            return p
+            return check_save(p, self.out_replace, self.state, "replace an existing file")
         stem = Path(str(stack.source)).stem or "stack"
         return Path(tempfile.mkdtemp(prefix="xrd-denoise-")) / f"{stem}_denoised.h5"
 
