@@ -598,12 +598,14 @@ def flux_corrected(den: np.ndarray, a: np.ndarray, valid: np.ndarray, full_shape
     """``den`` (a copy) with the flux correction along the rings to the counts ``a``, frame by frame, with
     each frame's own geometry (``integrators``; columns ``cols`` of frames of ``full_shape``)."""
     from .physics.geometry import preserve_profile, ring_bins
+    from .physics.masks import flux_outliers
 
     d = np.array(den, copy=True)
     for i in range(d.shape[0]):
         ai = integrators[min(i, len(integrators) - 1)]
         tth_map = np.asarray(ai.array_from_unit(shape=tuple(full_shape), typ="center", unit="2th_deg"))[:, cols[0]:cols[1]]
-        d[i] = preserve_profile(d[i], a[i], valid[i] & np.isfinite(d[i]), ring_bins(tth_map), window=window)
+        v = valid[i] & np.isfinite(d[i])
+        d[i] = preserve_profile(d[i], a[i], v, ring_bins(tth_map), window=window, exclude=flux_outliers(a[i], d[i], v))
     return d
 
 

@@ -19,6 +19,7 @@ from . import __version__
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
+from .physics.masks import flux_outliers
 from .methods.base import FrameSource, stack_arrays
 from .model_file import DenoiserModel
 
@@ -87,16 +88,19 @@ def whole_frame_flux(stack: ScanStack, infer: InferConfig, rings: np.ndarray | N
 
 
 def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarray,
-                      min_counts: float = MIN_FRAME_COUNTS) -> np.ndarray:
+                      min_counts: float = MIN_FRAME_COUNTS, exclude: np.ndarray | None = None) -> np.ndarray:
     """Whole-frame flux correction: scale a denoised frame so that its total over valid pixels equals the
     counts' total. A network trained for a fixed time ends with a flux bias of a few per cent that is
     nearly the same on every frame (docs/methods.md); a frame's total counts ``N`` are known to
     ``1 / sqrt(N)``. Frames with fewer than ``min_counts`` counts, or a denoised total of 0, are returned
-    unchanged; invalid pixels stay as they are."""
+    unchanged; invalid pixels stay as they are. Pixels in ``exclude``
+    (:func:`.physics.masks.flux_outliers`: unmasked hot pixels, zingers) are left out of both totals
+    and scaled like the rest."""
     d = np.asarray(denoised)
     v = np.asarray(valid, dtype=bool) & np.isfinite(d)
-    raw_total = float(np.sum(np.asarray(counts, dtype=np.float64)[v]))
-    den_total = float(np.sum(np.maximum(d[v].astype(np.float64), 0.0)))
+    t = v if exclude is None else v & ~np.asarray(exclude, dtype=bool)
+    raw_total = float(np.sum(np.asarray(counts, dtype=np.float64)[t]))
+    den_total = float(np.sum(np.maximum(d[t].astype(np.float64), 0.0)))
     out = np.array(d, dtype=np.float32, copy=True)
     if raw_total < min_counts or den_total <= 0:
         return out
@@ -131,7 +135,8 @@ class CountsTally:
         v = np.asarray(valid, dtype=bool) & np.isfinite(out)
         c = np.asarray(counts, dtype=np.float64)
         d = np.asarray(out, dtype=np.float64)
-        v &= ~(c > 100.0 + 50.0 * np.maximum(d, 0.0))  # hot pixels (which a denoiser rightly removes) left out
+        for j in range(c.shape[0]):  # hot pixels (which a denoiser rightly removes, or repeats) left out
+            v[j] &= ~flux_outliers(c[j], d[j], v[j])
         self.raw += float(np.sum(c[v]))
         self.den += float(np.sum(d[v]))
         self.pixels += int(v.sum())
@@ -180,10 +185,11 @@ def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, ring
 
     window = int(infer.profile_window)
     for j in range(out.shape[0]):
+        skip = flux_outliers(counts[j], out[j], valid[j])  # unmasked hot pixels set no scale
         if rings is not None:
-            out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window)
+            out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window, exclude=skip)
         else:
-            out[j] = keep_frame_counts(out[j], counts[j], valid[j])
+            out[j] = keep_frame_counts(out[j], counts[j], valid[j], exclude=skip)
     return out
 
 

@@ -289,7 +289,7 @@ def ring_bins(radial: np.ndarray, width_px: float | None = None) -> np.ndarray:
 
 
 def preserve_profile(denoised: np.ndarray, raw: np.ndarray, valid: np.ndarray, bins: np.ndarray,
-                     window: int = 1) -> np.ndarray:
+                     window: int = 1, exclude: np.ndarray | None = None) -> np.ndarray:
     """Local flux correction along the rings: scale a denoised frame so that, over every window of
     ``window`` consecutive ring bins, its total over valid pixels equals the raw total.
 
@@ -298,14 +298,16 @@ def preserve_profile(denoised: np.ndarray, raw: np.ndarray, valid: np.ndarray, b
     denoiser's flux bias on radial scales wider than the window while imprinting less of the raw rings'
     Poisson noise; the distribution along each ring stays the denoiser's. Invalid pixels stay as they
     are (NaN). Where the window's raw total is 0 the output becomes 0; where the denoiser left it at 0 it
-    is unchanged.
+    is unchanged. Pixels in ``exclude`` (:func:`..physics.masks.flux_outliers`: unmasked hot pixels,
+    zingers) are left out of the totals and scaled like their ring.
     """
     d = np.asarray(denoised, dtype=np.float64)
     v = np.asarray(valid, dtype=bool) & np.isfinite(d)
     b = np.asarray(bins)
     n = int(b.max()) + 1
-    raw_sum = np.bincount(b[v], weights=np.asarray(raw, dtype=np.float64)[v], minlength=n)
-    den_sum = np.bincount(b[v], weights=np.maximum(d[v], 0.0), minlength=n)
+    t = v if exclude is None else v & ~np.asarray(exclude, dtype=bool)
+    raw_sum = np.bincount(b[t], weights=np.asarray(raw, dtype=np.float64)[t], minlength=n)
+    den_sum = np.bincount(b[t], weights=np.maximum(d[t], 0.0), minlength=n)
     w = max(1, int(window))
     if w > 1:
         kernel = np.ones(w)
