@@ -741,6 +741,15 @@ def test_open_and_predict_guard_the_users_data(make_napari_viewer, qtbot, tmp_pa
     predict.run_btn.click()
     qtbot.waitUntil(lambda: not predict.is_running, timeout=60000)
     assert state.result is not None and Path(state.result.path) == tmp_path / "m.npy.h5"
+    # nor does Export, even with its overwrite box ticked
+    export.overwrite.setChecked(True)
+    export.data_path.setText(str(scan_file))
+    before = Path(scan_file).read_bytes()
+    n4 = _n_records()
+    export.data_btn.click()
+    errs = _errors_since(n4)
+    assert len(errs) == 1 and "input file" in errs[0], errs
+    assert Path(scan_file).read_bytes() == before and not export.is_running
     # a loaded model's settings are the session's (provenance and exported configuration)
     train.model_path.setText(str(_tiny_model(tmp_path, scan)))
     train.load_btn.click()

@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QWidget
 
 from ..errors import XRDError
-from ._common import PathField, button, group, guarded, info_label, run_in_thread, vbox
+from ._common import PathField, button, check_save, group, guarded, info_label, run_in_thread, vbox
 from ..io.writers import save_mask
 from ._state import get_state
 from .masks import all_excluded
@@ -73,8 +73,7 @@ class ExportWidget(QWidget):
         p = field.path(what)
         if p.suffix.lower() not in suffixes:
             raise XRDError(f"{p}: {what} must end in {', '.join(suffixes)}")
-        if p.exists() and not self.overwrite.isChecked():
-            raise XRDError(f"{p}: file exists; tick 'overwrite existing files' to replace it")
+        check_save(p, self.overwrite, self.state, "overwrite existing files")  # never the input's files
         if not p.parent.is_dir():
             raise XRDError(f"{p.parent}: folder does not exist")
         return p
