@@ -316,6 +316,10 @@ def test_layer_stack_keeps_what_the_reader_and_samples_know(scan_file):
     assert st.source == str(scan_file) and st.static_valid is not None
     bare = layer_stack(np.zeros((3, 8, 8), np.uint16), kw["metadata"], "edited")  # data replaced: shapes differ
     assert bare.static_valid is None and bare.source == "layer 'edited'"
+    edited = np.asarray(data).copy()  # data replaced by an edited array of the same shape: taken as it is
+    edited[:, :8] = 1000
+    st = layer_stack(edited, kw["metadata"], "edited")
+    assert st.source == "layer 'edited'" and (np.asarray(st.data[:, :8]) == 1000).all()
 
 
 @pytest.mark.gui

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 import json
 
 import dask.array as da
@@ -197,6 +198,63 @@ def test_napari_reader_lazy_layers(tmp_path, monkeypatch):
     assert lkind == "labels" and lab.shape == (20, 24)
     np.testing.assert_array_equal(lab, (pm != 0).astype(np.uint8))
     np.testing.assert_array_equal(np.asarray(data), raw)
+
+
+def test_napari_reader_contrast_from_valid_pixels(tmp_path):
+    """A layer opens with contrast limits of its valid pixels: an Eiger file's 2**32-1 sentinels and a hot
+    pixel would otherwise make it all black."""
+    from napari_xrd_denoise.synthetic import make_scan, write_scan
+
+    scan = make_scan(scan_shape=(2,), frame_shape=(64, 64), dose="mid", seed=3)
+    fn = write_scan(tmp_path / "scan_master.h5", scan, format="eiger", external=False)
+    (data, attrs, _), *_ = napari_io.read_layers(str(fn))
+    lo, hi = attrs["contrast_limits"]
+    v = scan.valid
+    assert 0 <= lo < hi <= np.percentile(scan.counts[0][v], 99.9) + 1
+    assert hi >= np.percentile(scan.counts[0][v], 99)
+
+
+def test_napari_writer_never_replaces_the_layers_files_and_keeps_invalid_pixels(tmp_path):
+    """Save Selected Layer of a layer the reader opened: onto its own file (or an Eiger master's data file)
+    it is refused in one line and the file is unchanged; elsewhere the file's invalid pixels (sentinels,
+    pixel mask) are NaN and invalid when it is read back, the counts exact."""
+    from napari_xrd_denoise.io.readers import open_stack
+    from napari_xrd_denoise.synthetic import make_scan, write_scan
+
+    scan = make_scan(scan_shape=(2, 2), frame_shape=(48, 48), dose="mid", seed=2)
+    fn = write_scan(tmp_path / "scan_master.h5", scan, format="eiger", external=True)
+    (data, attrs, _), *_ = napari_io.read_layers(str(fn))
+    stack = attrs["metadata"][napari_io.STACK_KEY]
+    assert stack.files  # the master links its frames from data files
+    for target in (fn, Path(stack.files[0])):
+        before = target.read_bytes()
+        with pytest.raises(XRDError, match="input file"):
+            napari_io.write_image(str(target), data, attrs)
+        assert target.read_bytes() == before
+    # a denoised layer whose provenance names the input is refused there too
+    with pytest.raises(XRDError, match="input file"):
+        napari_io.write_image(str(fn), np.zeros(data.shape, np.float32),
+                              {"name": "den", "metadata": {"provenance": {"source": str(fn)}}})
+    out = tmp_path / "copy.h5"
+    napari_io.write_image(str(out), data, attrs)
+    back = open_stack(out)
+    raw = np.asarray(stack.data)
+    want_valid = stack.valid(raw)
+    assert (~want_valid).any()
+    got = np.asarray(back.data, dtype=np.float64)
+    np.testing.assert_array_equal(back.valid(got), want_valid)
+    np.testing.assert_array_equal(got[want_valid], raw[want_valid])
+
+
+def test_napari_writer_extensions_match_the_manifest():
+    """Every suffix the writer writes is offered in napari's save dialog (napari.yaml)."""
+    import yaml
+
+    from napari_xrd_denoise.io.writers import H5_SUFFIXES, NPY_SUFFIXES, TIFF_SUFFIXES
+
+    man = yaml.safe_load((Path(napari_io.__file__).parents[1] / "napari.yaml").read_text())
+    offered = set(man["contributions"]["writers"][0]["filename_extensions"])
+    assert offered == set(H5_SUFFIXES) | set(NPY_SUFFIXES) | set(TIFF_SUFFIXES)
 
 
 def test_napari_writer(tmp_path):

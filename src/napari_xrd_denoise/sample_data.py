@@ -86,15 +86,16 @@ def synthetic_scan() -> list[tuple[Any, dict[str, Any], str]]:
     meta = scan.metadata()
     invalid = (~scan.valid).astype(np.uint8)
     lims = _contrast(scan.truth, scan.valid, 99.9)
+    stack = scan.to_stack()
     return [
         (
-            scan.counts,
+            stack.data,  # the stack's own array: the Load widget then opens it with its mask and centre
             {
                 "name": "synthetic scan (noisy)",
                 "colormap": "magma",
                 "contrast_limits": lims,
                 "gamma": 0.5,
-                "metadata": {**meta, STACK_KEY: scan.to_stack()},  # the Load widget opens it with its mask and centre
+                "metadata": {**meta, STACK_KEY: stack},
             },
             "image",
         ),
@@ -130,7 +131,7 @@ def lab6_scan() -> list[tuple[Any, dict[str, Any], str]]:
     }
     return [
         (
-            s["data"],
+            meta[STACK_KEY].data,  # the stack's own (lazy) array, so that the Load widget keeps its mask
             {
                 "name": "LaB6 Pilatus 300K-W (SSRL BL 7-2)",
                 "colormap": "magma",

@@ -74,7 +74,8 @@ def _layers_for(path: str) -> list[LayerData]:
         "notes": list(stack.notes),
         STACK_KEY: stack,
     }
-    layers: list[LayerData] = [(stack.data, {"name": name, "metadata": meta}, "image")]
+    layers: list[LayerData] = [(stack.data, {"name": name, "metadata": meta,
+                                             "contrast_limits": _limits(stack)}, "image")]
     if stack.static_valid is not None and stack.frame_ndim == 2 and not stack.static_valid.all():
         invalid = (~stack.static_valid).astype(np.uint8)
         layers.append((invalid, {"name": f"{name} invalid pixels", "opacity": 0.5,
@@ -86,14 +87,36 @@ def _layers_for(path: str) -> list[LayerData]:
 STACK_KEY = "xrd_stack"
 
 
+def _limits(stack: ScanStack) -> list[float]:
+    """Contrast limits from the valid pixels of the first frame (0.5th to 99.8th percentile), so that
+    sentinels (2**32-1), gap values (-1) and hot pixels do not set the scale; one frame is read."""
+    raw = stack.frame(0)
+    v = stack.valid(raw)
+    vals = np.asarray(raw, dtype=np.float64)[v]
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return [0.0, 1.0]
+    lo, hi = (float(x) for x in np.percentile(vals, [0.5, 99.8]))
+    return [lo, hi] if hi > lo else [lo, lo + 1.0]
+
+
+def _same_data(data: Any, stack: ScanStack) -> bool:
+    """Whether a layer still shows the stack's own array (not data put into the layer afterwards)."""
+    if data is stack.data:
+        return True
+    name = getattr(data, "name", None)
+    return isinstance(name, str) and name == getattr(stack.data, "name", None)
+
+
 def layer_stack(data: Any, metadata: dict | None, name: str, *, frame_ndim: int = 2, keep_negatives: bool = False,
                 saturation: float | None = None) -> ScanStack:
     """The :class:`ScanStack` behind an image layer: the one the reader or the sample data stored in the
     layer's metadata (with its detector mask, saturation, pixel size and beam centre) when it still has
-    the layer's shape, else the bare array. ``saturation`` / ``keep_negatives`` (the user's settings)
-    override the stored stack's when given."""
+    the layer still shows that stack's array, else the layer's data as a bare array (edited or replaced
+    data are taken as they are). ``saturation`` / ``keep_negatives`` (the user's settings) override the
+    stored stack's when given."""
     st = (metadata or {}).get(STACK_KEY)
-    if isinstance(st, ScanStack) and st.shape == tuple(getattr(data, "shape", ())):
+    if isinstance(st, ScanStack) and st.shape == tuple(getattr(data, "shape", ())) and _same_data(data, st):
         changes: dict[str, Any] = {}
         if saturation is not None:
             changes["saturation"] = float(saturation)
@@ -104,15 +127,38 @@ def layer_stack(data: Any, metadata: dict | None, name: str, *, frame_ndim: int 
                                 keep_negatives=keep_negatives, saturation=saturation)
 
 
+def _layer_inputs(meta: dict) -> tuple[str, ...]:
+    """The files a layer's data were read from (the reader's stack, the source, a result's input)."""
+    files: list[str] = []
+    st = meta.get(STACK_KEY)
+    if isinstance(st, ScanStack):
+        files += st.input_files
+    prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    for f in (meta.get("source"), prov.get("source"), prov.get("input_file")):
+        if isinstance(f, str) and f and not f.startswith("<"):
+            files.append(f)
+    return tuple(dict.fromkeys(files))
+
+
 def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     """npe2 single-layer writer: HDF5 (.h5/.nxs), .npy or TIFF, float32 with provenance.
 
-    napari asks before replacing a file, so an existing file is overwritten.
+    napari asks before replacing a file, so an existing file is overwritten, except the files the layer's
+    data were read from (never an output). A layer the reader opened keeps its invalid pixels invalid
+    (NaN, and the HDF5 validity dataset): sentinels, gaps, the detector mask.
     """
+    from .atomic import check_output
+
     output_kind(path)  # one-line error for an unsupported suffix
     if isinstance(data, list):  # multiscale: write the full-resolution level
         data = data[0]
     meta = dict(attributes.get("metadata") or {})
+    check_output(Path(path), True, inputs=_layer_inputs(meta))
+    valid = None
+    st = meta.get(STACK_KEY)
+    if isinstance(st, ScanStack) and st.shape == tuple(getattr(data, "shape", ())) and _same_data(data, st):
+        whole = st.data.rechunk({a: -1 for a in range(st.data.ndim - st.frame_ndim, st.data.ndim)})
+        valid = whole.map_blocks(st.valid, dtype=bool)  # lazily, whole frames, as the frames are written
     if isinstance(meta.get("provenance"), dict):  # a denoised layer of the Predict widget: its full record
         prov = {str(k): v for k, v in meta["provenance"].items()}
         prov.update(layer_name=str(attributes.get("name", "")), saved_by="napari: save layer")
@@ -127,5 +173,5 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
         if "config" in meta:
             prov["config"] = meta["config"] if isinstance(meta["config"], str) else str(meta["config"])
     frame_ndim = int(meta.get("frame_ndim", 2 if getattr(data, "ndim", 2) >= 2 else 1))
-    out = write_array(path, data, provenance=prov, overwrite=True, frame_ndim=frame_ndim)
+    out = write_array(path, data, valid=valid, provenance=prov, overwrite=True, frame_ndim=frame_ndim)
     return [str(out)]
