@@ -790,3 +790,23 @@ def test_spectra_cropped_on_their_first_open(make_napari_viewer, qtbot):
     _open(qtbot, load, csv, scan_shape="")
     assert not _errors_since(n0)
     assert load.state.stack.frame_shape == (1000,) and load.state.config.data.crop == [100, 1100]
+
+
+def test_saved_mask_holds_pixels_the_raw_values_mark_invalid_in_every_frame():
+    """A .npy whose gap pixels hold 2**32-1 in every frame (no pixel mask in the file): Export mask and
+    Save mask mark them (the saved pyFAI mask had none of them); a pixel saturated in one frame only is
+    not a static exclusion."""
+    from types import SimpleNamespace
+
+    from napari_xrd_denoise.io.stack import ScanStack
+    from napari_xrd_denoise.widgets.masks import all_excluded
+
+    raw = np.random.default_rng(0).poisson(3.0, size=(6, 40, 48)).astype(np.uint32)
+    raw[:, 20, :] = 2**32 - 1  # a sentinel gap row
+    raw[2, 5, 5] = 2**32 - 1  # one frame only
+    st = ScanStack.from_array(raw, frame_ndim=2, source="x.npy")
+    state = SimpleNamespace(working_stack=lambda: st, full_frame_shape=None, frame_offset=(0, 0))
+    ex = all_excluded(state)
+    want = np.zeros((40, 48), bool)
+    want[20, :] = True
+    np.testing.assert_array_equal(ex, want)

@@ -267,3 +267,45 @@ def test_napari_writer(tmp_path):
     assert p["layer_name"] == "denoised" and p["input_file"] == "/data/in.h5"
     paths = napari_io.write_image(str(tmp_path / "layer.tif"), x[0, 0], {"name": "one"})
     np.testing.assert_array_equal(read_result(paths[0])[0], x[0, 0])
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".tif"])
+def test_outputs_open_back_with_their_layout(tmp_path, suffix):
+    """An output read back as an input keeps its layout: spectra stay 1D rows (a (32, 300) block of 32
+    spectra was read as one 32x300 image), a scan-shaped TIFF keeps its grid (it came back flat)."""
+    from napari_xrd_denoise.io.readers import open_stack
+
+    rng = np.random.default_rng(1)
+    spectra = rng.poisson(5.0, size=(32, 300)).astype(np.float32)
+    f1 = write_array(tmp_path / f"spectra{suffix}", spectra, frame_ndim=1)
+    st = open_stack(f1)
+    assert st.frame_ndim == 1 and st.shape == (32, 300)
+    np.testing.assert_array_equal(np.asarray(st.data), spectra)
+    frames = rng.poisson(5.0, size=(2, 3, 48, 40)).astype(np.float32)
+    f2 = write_array(tmp_path / f"scan{suffix}", frames, frame_ndim=2)
+    st = open_stack(f2)
+    assert st.frame_ndim == 2 and st.shape == (2, 3, 48, 40)
+    np.testing.assert_array_equal(np.asarray(st.data), frames)
+    assert open_stack(f1, ndim=2).frame_ndim == 2  # an explicit --ndim still wins
+
+
+def test_napari_reader_stacks_a_list_of_files(tmp_path):
+    """File > Open Files as Stack hands the reader a list: one layer of all the frames in order (it gave
+    one layer per file), the masks combined; frames of another shape refused in one line."""
+    rng = np.random.default_rng(3)
+    frames = rng.poisson(3.0, size=(3, 40, 36)).astype(np.uint16)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"f{i}.npy"))
+        np.save(paths[-1], frames[i])
+    layers = napari_io.read_layers(paths)
+    images = [lay for lay in layers if lay[2] == "image"]
+    assert len(images) == 1
+    data, attrs, _ = images[0]
+    assert data.shape == (3, 40, 36) and attrs["name"] == "f0 (+2 files)"
+    np.testing.assert_array_equal(np.asarray(data), frames)
+    stack = attrs["metadata"][napari_io.STACK_KEY]
+    assert set(stack.input_files) == set(paths)  # none of them can be replaced by Save
+    np.save(tmp_path / "odd.npy", frames[0, :30])
+    with pytest.raises(XRDError, match="odd.npy.*cannot be stacked"):
+        napari_io.read_layers(paths + [str(tmp_path / "odd.npy")])

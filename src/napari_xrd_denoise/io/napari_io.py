@@ -49,17 +49,39 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
-    """Layer data tuples for one path or a list of paths (each opened as its own stack)."""
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    out: list[LayerData] = []
-    for p in paths:
-        out += _layers_for(str(p))
-    return out
+    """Layer data tuples for one path, or for a list of paths as one stack of all their frames (napari
+    hands a reader a list only to stack it: File > Open Files as Stack)."""
+    if isinstance(path, (str, os.PathLike)):
+        return _layers_for(open_stack(path), str(path))
+    paths = [str(p) for p in path]
+    if len(paths) == 1:
+        return _layers_for(open_stack(paths[0]), paths[0])
+    return _layers_for(stack_files(paths), paths[0], n_files=len(paths))
 
 
-def _layers_for(path: str) -> list[LayerData]:
-    stack = open_stack(path)
+def stack_files(paths: list[str]) -> ScanStack:
+    """The frames of several files as one lazy stack (in the order given): the first file's metadata,
+    the detector masks of all combined; frames of another shape, type or kind are refused in one line."""
+    import dask.array as da
+
+    stacks = [open_stack(p) for p in paths]
+    first = stacks[0]
+    for p, st in zip(paths[1:], stacks[1:]):
+        if (st.frame_shape, st.frame_ndim, st.dtype) != (first.frame_shape, first.frame_ndim, first.dtype):
+            raise XRDError(f"{p}: frames {st.frame_shape} {st.dtype} cannot be stacked with {paths[0]}'s "
+                           f"{first.frame_shape} {first.dtype}")
+    masks = [st.static_valid for st in stacks if st.static_valid is not None]
+    static = np.logical_and.reduce(masks) if masks else None
+    files = tuple(dict.fromkeys(f for st in stacks for f in st.input_files if f != first.source))
+    return dataclasses.replace(first, data=da.concatenate([st.flat() for st in stacks], axis=0),
+                               static_valid=static, files=files,
+                               notes=list(first.notes) + [f"{len(paths)} files stacked: {', '.join(Path(p).name for p in paths)}"])
+
+
+def _layers_for(stack: ScanStack, path: str, n_files: int = 1) -> list[LayerData]:
     name = Path(path).stem or Path(path).name
+    if n_files > 1:
+        name = f"{name} (+{n_files - 1} files)"
     meta = {
         "source": stack.source,
         "dataset": stack.dataset,

@@ -660,6 +660,10 @@ def _open_hdf5(path: Path, dataset: str | None, ndim: int | None) -> dict[str, A
                 f"{fp}: frames {ds.shape[1:]} {ds.dtype} differ from the first data file's {first.shape[1:]} {first.dtype}"
             )
     total = (sum(ds.shape[0] for _, _, ds in resolved),) + tuple(first.shape[1:]) if first.ndim else ()
+    if ndim is None:  # this package's outputs say whether they hold spectra or images
+        own = first.attrs.get("frame_ndim")
+        if isinstance(own, (int, np.integer)) and int(own) in (1, 2) and first.ndim >= int(own):
+            ndim = int(own)
     frame_ndim = _frame_ndim_for(total if len(resolved) > 1 else tuple(first.shape), ndim)
     arrays = [_h5_array(fp, dp, ds, frame_ndim) for fp, dp, ds in resolved]
     data = da.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
@@ -873,6 +877,21 @@ def _open_npz(path: Path, dataset: str | None, ndim: int | None) -> dict[str, An
 # ------------------------------------------------------------------------------------------------
 # TIFF and fabio
 # ------------------------------------------------------------------------------------------------
+def _tiff_result_layout(tif, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int | None] | None:
+    """``(shape, frame_ndim)`` recorded by this package's TIFF writer (``result_shape``), if it fits."""
+    try:
+        meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+    except Exception:
+        return None
+    want = meta.get("result_shape") if isinstance(meta, dict) else None
+    if not isinstance(want, (list, tuple)) or not all(isinstance(x, int) and x > 0 for x in want):
+        return None
+    if math.prod(want) != math.prod(shape) or len(want) < 1:
+        return None
+    nd = meta.get("frame_ndim")
+    return tuple(want), (int(nd) if nd in (1, 2) and len(want) >= nd else None)
+
+
 def _open_tiff(path: Path, ndim: int | None) -> dict[str, Any]:
     import tifffile
 
@@ -892,6 +911,10 @@ def _open_tiff(path: Path, ndim: int | None) -> dict[str, Any]:
             raise InputFileError(f"{path}: data type {dtype} is not numeric detector data")
         offset = series.dataoffset
         n_pages = len(series.pages)
+        own = _tiff_result_layout(tif, shape)
+    if own is not None:  # this package's output: its scan grid and frame dimensionality as written
+        shape, own_ndim = own
+        ndim = own_ndim if ndim is None else ndim
     frame_ndim = _frame_ndim_for(shape, ndim)
     if len(shape) == frame_ndim:
         shape = (1,) + shape

@@ -161,6 +161,7 @@ class ResultWriter:
             )
             d.attrs["units"] = "counts"
             d.attrs["long_name"] = "denoised counts (NaN = invalid pixel)"
+            d.attrs["frame_ndim"] = self.frame_ndim  # spectra (1) or images (2): read back as written
             vchunks = chunks if not self.static_valid else self.frame_shape
             v = grp.create_dataset(
                 "valid", shape=self.valid_shape, dtype=np.uint8, chunks=vchunks, compression="gzip",
@@ -328,7 +329,8 @@ class ResultWriter:
             if start != self.n_done:
                 raise ValueError(f"TIFF frames must be written in order: expected frame {self.n_done}, got {start}")
             for i in range(k):
-                meta = {"result_shape": list(self.shape), "provenance": _json_safe(self.provenance)} if start + i == 0 else None
+                meta = {"result_shape": list(self.shape), "frame_ndim": self.frame_ndim,
+                                               "provenance": _json_safe(self.provenance)} if start + i == 0 else None
                 self._tw.write(block[i], contiguous=True, photometric="minisblack", metadata=meta)
 
     def _mark(self, a: int, b: int) -> None:
@@ -379,7 +381,8 @@ class ResultWriter:
                     import tifffile
 
                     tifffile.imwrite(self.part, self._buffer, photometric="minisblack",
-                                     metadata={"result_shape": list(self.shape), "provenance": _json_safe(self.provenance)})
+                                     metadata={"result_shape": list(self.shape), "frame_ndim": self.frame_ndim,
+                                               "provenance": _json_safe(self.provenance)})
                     self._buffer = None
                 else:
                     self._tw.close()

@@ -446,16 +446,22 @@ class MaskWidget(QWidget):
         ))
 
 
+#: frames :func:`all_excluded` reads to find pixels the raw values mark invalid in every frame
+SENTINEL_SAMPLE = 4
+
+
 def all_excluded(state) -> np.ndarray:
-    """Every invalid pixel of the working stack (detector + user masks), in the full detector frame.
+    """Every invalid pixel of the working stack (detector + user masks, and pixels whose raw values mark
+    them invalid in every one of ``SENTINEL_SAMPLE`` frames spread over the scan: sentinel-filled gaps,
+    -1/-2 Pilatus pixels, permanently saturated pixels), in the full detector frame.
 
     Pixels outside the crop are not marked (the crop is a separate setting).
     """
     st = state.working_stack()
     if st is None:
         raise XRDError("no data: open a file in the Load widget first")
-    valid = np.ones(st.frame_shape, bool) if st.static_valid is None else st.static_valid
-    ex = ~valid
+    _, seen = _sample_frames(st, min(SENTINEL_SAMPLE, st.n_frames))
+    ex = ~seen.any(axis=0)  # static mask included (ScanStack.valid applies it)
     full = state.full_frame_shape or st.frame_shape
     if tuple(full) != tuple(st.frame_shape):
         ex = place_in_frame(ex, tuple(full), tuple(int(o) for o in state.frame_offset), fill=False)
