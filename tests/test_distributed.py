@@ -238,9 +238,9 @@ def test_worker_task_in_process_loads_the_model_once(files):
     inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
     D._MODELS.clear()
     rings = D.profile_rings(model, stack, model.config.infer)  # the file gives a beam centre: the client's ring map
-    c0, a, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
+    c0, a, _, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     first = D._MODELS[(key, "cpu")]
-    c0b, b, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
+    c0b, b, _, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     assert D._MODELS[(key, "cpu")] is first and len(D._MODELS) == 1
     ref = predict_stack(model, stack, infer=model.config.infer)
     assert c0 == c0b == 3
@@ -277,7 +277,7 @@ def test_worker_applies_the_default_flux_correction_like_the_single_process_path
     inf = {k: getattr(model.config.infer, k) for k in model.config.infer.__dataclass_fields__}
     assert inf["preserve_profile"] is None  # auto
     rings = D.profile_rings(model, stack, model.config.infer)  # the client's ring map, sent to the workers
-    _, got, _, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu", rings=rings)  # one chunk
+    _, got, _, _, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu", rings=rings)  # one chunk
     ref = predict_stack(model, stack, infer=model.config.infer)
     np.testing.assert_array_equal(got, ref[:3])
     off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer)
@@ -342,3 +342,25 @@ def test_an_output_that_lost_the_counts_is_reported_from_the_workers(cluster, fi
         out = D.predict_distributed(model, stack, infer=model.config.infer, scheduler=cluster)
     assert np.nansum(out) == 0
     assert any("hold 0%" in r.getMessage() and "scan_master.h5" in r.getMessage() for r in caplog.records)
+
+
+def test_sparse_frames_get_the_same_flux_factor_on_the_workers(cluster, files):
+    """Frames under MIN_FRAME_COUNTS counts are scaled by the scan's one flux factor (measured on frames
+    spread over the scan, by the client): the cluster's output is bit for bit predict_stack's, and the
+    sample frames (here all 8) hold the input's counts."""
+    from napari_xrd_denoise.inference import MIN_FRAME_COUNTS
+
+    model = _model(files["n2s"])
+    model.config.method.center = None
+    scan = make_scan(scan_shape=(2, 4), frame_shape=(64, 64), dose="low", seed=5, n_hot=0)
+    stack = ScanStack.from_array(scan.counts, static_valid=scan.valid)
+    counts = np.where(scan.valid, scan.counts, 0).reshape(8, -1).sum(axis=1)
+    assert counts.max() < MIN_FRAME_COUNTS <= counts.sum()
+    inf = model.config.infer
+    ref = predict_stack(model, stack, infer=inf).reshape(8, 64, 64)
+    off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer).reshape(8, 64, 64)
+    v = np.broadcast_to(scan.valid, ref.shape)
+    assert abs(np.nansum(ref[v]) / counts.sum() - 1) < 1e-4
+    assert abs(np.nansum(off[v]) / counts.sum() - 1) > 1e-3  # the network's own output is off
+    out = D.predict_distributed(model, stack, infer=inf, scheduler=cluster)
+    np.testing.assert_array_equal(out.reshape(8, 64, 64), ref)

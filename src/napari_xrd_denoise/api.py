@@ -395,7 +395,18 @@ def _denoise_refined(stack: ScanStack, cfg: Config, output, *, callback=None, ov
 def _refined_flux_correction(res, stack: ScanStack, cfg: Config) -> str:
     """The flux correction of ``predict_stack`` (along the rings, else over each whole frame of integer
     counts) applied to the refinement's result in place, chunk by chunk; returns its provenance entry."""
-    from .inference import correct_profile, data_center, flux_provenance, profile_rings, whole_frame_flux
+    from .inference import (
+        POOL_FRAMES,
+        POOL_FRAMES_MAX,
+        _Once,
+        correct_profile,
+        data_center,
+        flux_provenance,
+        pool_indices,
+        profile_rings,
+        sample_flux_factor,
+        whole_frame_flux,
+    )
 
     model = res.models[-1]
     inf = cfg.infer
@@ -403,11 +414,20 @@ def _refined_flux_correction(res, stack: ScanStack, cfg: Config) -> str:
     whole = whole_frame_flux(stack, inf, rings)
     if rings is not None or whole:
         den = res.denoised.reshape((stack.n_frames,) + stack.frame_shape)
+        raw_den = {}  # the sample frames' outputs before any correction, for the sparse frames' factor
+
+        def sample(ids):
+            return [raw_den[i] for i in ids]
+
+        pool = _Once(lambda: sample_flux_factor(stack, sample))
+        if whole:
+            for k in (POOL_FRAMES, POOL_FRAMES_MAX):
+                raw_den.update({int(i): den[int(i)].copy() for i in pool_indices(stack.n_frames, k)})
         step = max(1, int(inf.chunk_frames))
         for c0 in range(0, stack.n_frames, step):
             c1 = min(stack.n_frames, c0 + step)
             counts, valid = stack.counts(stack.frames(c0, c1))
-            correct_profile(den[c0:c1], counts, valid & np.isfinite(den[c0:c1]), rings, inf, whole)
+            correct_profile(den[c0:c1], counts, valid & np.isfinite(den[c0:c1]), rings, inf, whole, sparse_factor=pool)
     return flux_provenance(rings, inf, whole)
 
 

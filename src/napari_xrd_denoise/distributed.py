@@ -37,7 +37,19 @@ import numpy as np
 from .config import InferConfig
 from .errors import Cancelled, XRDError
 from .io.stack import ScanStack
-from .inference import CountsTally, correct_profile, data_center, flux_provenance, profile_rings, whole_frame_flux
+from .inference import (
+    CountsTally,
+    _Once,
+    correct_profile,
+    data_center,
+    flux_provenance,
+    is_sparse,
+    model_frames,
+    profile_rings,
+    sample_flux_factor,
+    scale_sparse,
+    whole_frame_flux,
+)
 from .methods.base import FrameSource, stack_arrays
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
@@ -274,9 +286,11 @@ def denoise_chunk(
     frames: tuple[np.ndarray, np.ndarray] | None = None,
     rings: np.ndarray | None = None,
     whole_frame: bool = False,
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Worker task: denoise flat frames ``c0:c1``; returns ``(c0, counts float32, valid, totals)``, where
-    ``totals`` are the input's and the output's counts and the valid pixels (``inference.CountsTally``).
+) -> tuple[int, np.ndarray, np.ndarray, tuple, list[int]]:
+    """Worker task: denoise flat frames ``c0:c1``; returns ``(c0, counts float32, valid, totals, sparse)``,
+    where ``totals`` are the input's and the output's counts and the valid pixels (``inference.CountsTally``)
+    and ``sparse`` the frames (chunk positions) too sparse for their own flux factor, left for the client
+    to scale by the scan's shared one (``inference.sample_flux_factor``).
 
     ``frames``: ``(indices, raw frames)`` sent by the client (every frame the method reads); without
     it the worker reads from ``stack_spec`` itself. Batches are those of ``predict_stack``. ``rings``:
@@ -313,9 +327,12 @@ def denoise_chunk(
     valid = np.asarray(valid, dtype=bool)
     tally = CountsTally(stack)
     tally.add(counts, valid, out)  # before the flux correction, as predict_stack counts
+    sparse: list[int] = []
+    if rings is None and whole_frame:  # frames too sparse for their own factor: the client scales them
+        sparse = [j for j in range(k) if is_sparse(counts[j], out[j], valid[j])]
     if rings is not None or whole_frame:
-        correct_profile(out, counts, valid, rings, inf, whole_frame)
-    return c0, out, valid, (tally.raw, tally.den, tally.pixels)
+        correct_profile(out, counts, valid, rings, inf, whole_frame)  # leaves the sparse frames as they are
+    return c0, out, valid, (tally.raw, tally.den, tally.pixels), sparse
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,6 +508,7 @@ def predict_distributed(
         ac = as_completed(loop=client.loop)
         done = start
         tally = CountsTally(stack)
+        pool = _Once(lambda: sample_flux_factor(stack, model_frames(model, stack, inf)))
         if progress is not None:
             progress(done, n)
 
@@ -527,7 +545,7 @@ def predict_distributed(
             fut = next(ac)
             c0, c1 = futures.pop(fut)
             try:
-                r0, out, valid, totals = fut.result()
+                r0, out, valid, totals, sparse = fut.result()
             except XRDError:
                 raise
             except Exception as e:  # a worker died or a task failed
@@ -539,6 +557,8 @@ def predict_distributed(
                     ) from None
                 raise
             tally.add_totals(*totals)
+            for j in sparse:  # as predict_stack: the scan's shared factor, measured here when first needed
+                out[j] = scale_sparse(out[j], valid[j], pool)
             buffer[r0] = (c1, out, valid)
             while done in buffer:
                 e1, out, valid = buffer.pop(done)

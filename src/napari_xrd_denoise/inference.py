@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +89,15 @@ def whole_frame_flux(stack: ScanStack, infer: InferConfig, rings: np.ndarray | N
 
 
 def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarray,
-                      min_counts: float = MIN_FRAME_COUNTS, exclude: np.ndarray | None = None) -> np.ndarray:
+                      min_counts: float = MIN_FRAME_COUNTS, exclude: np.ndarray | None = None,
+                      sparse_factor: float | Callable[[], float | None] | None = None) -> np.ndarray:
     """Whole-frame flux correction: scale a denoised frame so that its total over valid pixels equals the
     counts' total. A network trained for a fixed time ends with a flux bias of a few per cent that is
     nearly the same on every frame (docs/methods.md); a frame's total counts ``N`` are known to
-    ``1 / sqrt(N)``. Frames with fewer than ``min_counts`` counts, or a denoised total of 0, are returned
-    unchanged; invalid pixels stay as they are. Pixels in ``exclude``
+    ``1 / sqrt(N)``. Frames with fewer than ``min_counts`` counts are scaled by ``sparse_factor`` (the
+    scan's own, :func:`sample_flux_factor`; a number or a function that gives it), or returned unchanged
+    without one, as are frames with a
+    denoised total of 0; invalid pixels stay as they are. Pixels in ``exclude``
     (:func:`.physics.masks.flux_outliers`: unmasked hot pixels, zingers) are left out of both totals
     and scaled like the rest."""
     d = np.asarray(denoised)
@@ -102,10 +106,111 @@ def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarra
     raw_total = float(np.sum(np.asarray(counts, dtype=np.float64)[t]))
     den_total = float(np.sum(np.maximum(d[t].astype(np.float64), 0.0)))
     out = np.array(d, dtype=np.float32, copy=True)
-    if raw_total < min_counts or den_total <= 0:
+    if raw_total < min_counts:
+        return scale_sparse(out, valid, sparse_factor)
+    if den_total <= 0:
         return out
     out[v] = (np.maximum(d[v], 0.0) * (raw_total / den_total)).astype(np.float32)
     return out
+
+
+def scale_sparse(denoised: np.ndarray, valid: np.ndarray,
+                 factor: float | Callable[[], float | None] | None) -> np.ndarray:
+    """A sparse frame's flux correction: its valid pixels times the scan's shared ``factor`` (a number,
+    or a function that gives it, called only here); unchanged without one."""
+    out = np.array(denoised, dtype=np.float32, copy=True)
+    f = factor() if callable(factor) else factor  # measured when first needed
+    if f is not None and f > 0:
+        v = np.asarray(valid, dtype=bool) & np.isfinite(out)
+        out[v] = (np.maximum(out[v], 0.0) * float(f)).astype(np.float32)
+    return out
+
+
+#: frames spread over a scan whose denoised totals give the flux factor of its sparse frames (more,
+#: ``POOL_FRAMES_MAX``, when these hold under ``MIN_FRAME_COUNTS`` counts)
+POOL_FRAMES = 16
+POOL_FRAMES_MAX = 128
+
+
+def pooled_flux_factor(counts, denoised, valid) -> float | None:
+    """``sum(counts) / sum(denoised)`` over the valid pixels of several frames (unmasked hot pixels left
+    out: :func:`flux_outliers`), or None when they hold under ``MIN_FRAME_COUNTS`` counts."""
+    raw_t = den_t = 0.0
+    for c, d, v in zip(counts, denoised, valid):
+        d = np.asarray(d)
+        t = np.asarray(v, dtype=bool) & np.isfinite(d)
+        t &= ~flux_outliers(c, d, t)
+        raw_t += float(np.sum(np.asarray(c, dtype=np.float64)[t]))
+        den_t += float(np.sum(np.maximum(d[t].astype(np.float64), 0.0)))
+    if raw_t < MIN_FRAME_COUNTS or den_t <= 0:
+        return None
+    return raw_t / den_t
+
+
+def pool_indices(n_frames: int, k: int = POOL_FRAMES) -> np.ndarray:
+    from .io.stack import spread_indices
+
+    return spread_indices(int(n_frames), int(k))
+
+
+def sample_flux_factor(stack: ScanStack, denoise: Callable[[list[int]], list[np.ndarray]]) -> float | None:
+    """The flux factor of a scan's sparse frames (under ``MIN_FRAME_COUNTS`` counts each, too few to fix
+    their own total): the network's flux bias is nearly the same on every frame, so it is measured once,
+    on ``POOL_FRAMES`` frames spread over the scan (up to ``POOL_FRAMES_MAX`` when those hold too few
+    counts), whose denoised frames ``denoise(indices)`` gives (:func:`model_frames`). The same frames
+    whatever the chunks, workers or resume point, so every path gives the same factor. None when even
+    those frames hold under ``MIN_FRAME_COUNTS`` counts."""
+    done: dict[int, np.ndarray] = {}
+    for k in (POOL_FRAMES, POOL_FRAMES_MAX):
+        idx = [int(i) for i in pool_indices(stack.n_frames, k)]
+        todo = [i for i in idx if i not in done]
+        for i, o in zip(todo, denoise(todo)):
+            done[i] = np.asarray(o)
+        raws = [stack.counts(stack.frame(i)) for i in idx]
+        f = pooled_flux_factor([c for c, _ in raws], [done[i] for i in idx], [v for _, v in raws])
+        if f is not None or len(idx) >= stack.n_frames:
+            return f
+    return None
+
+
+def model_frames(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> Callable[[list[int]], list[np.ndarray]]:
+    """``denoise(indices)``: the network's output for those frames, before any flux correction, exactly
+    as ``predict_stack`` makes it (same method, batches of ``infer.batch_size``)."""
+    from .methods import get_method
+
+    def denoise(ids: list[int]) -> list[np.ndarray]:
+        method = get_method(model.config.method.name)(model.config, frame_ndim=model.frame_ndim, norm=model.normalizer)
+        run = model.runner(infer)
+        bs = max(1, int(infer.batch_size))
+        source = FrameSource(stack, cache_frames=4 * bs + 64)
+        outs: list[np.ndarray] = []
+        for b0 in range(0, len(ids), bs):
+            part = ids[b0:b0 + bs]
+            outs += list(method.denoise(run, stack_arrays([method.load_infer(i, source) for i in part]), infer))
+        return outs
+
+    return denoise
+
+
+def is_sparse(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether a frame holds under ``MIN_FRAME_COUNTS`` counts (valid pixels, unmasked hot pixels left
+    out), so that :func:`keep_frame_counts` scales it by the scan's shared factor."""
+    d = np.asarray(denoised)
+    t = np.asarray(valid, dtype=bool) & np.isfinite(d)
+    t &= ~flux_outliers(counts, d, t)
+    return float(np.sum(np.asarray(counts, dtype=np.float64)[t])) < MIN_FRAME_COUNTS
+
+
+class _Once:
+    """A value computed on the first call, then kept."""
+
+    def __init__(self, func: Callable[[], Any]) -> None:
+        self.func, self.done, self.value = func, False, None
+
+    def __call__(self) -> Any:
+        if not self.done:
+            self.value, self.done = self.func(), True
+        return self.value
 
 
 class CountsTally:
@@ -171,14 +276,18 @@ def flux_provenance(rings: np.ndarray | None, infer: InferConfig, whole_frame: b
     if rings is not None:
         return f"along the rings, windows of {int(infer.profile_window)} ring bins"
     if whole_frame:
-        return f"whole frame (each frame's total counts kept; frames under {MIN_FRAME_COUNTS} counts unchanged)"
+        return (f"whole frame (each frame's total counts kept; frames under {MIN_FRAME_COUNTS} counts scaled by "
+                f"the flux factor of {POOL_FRAMES} frames spread over the scan)")
     return "off"
 
 
 def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, rings: np.ndarray | None,
-                    infer: InferConfig, whole_frame: bool = False) -> np.ndarray:
+                    infer: InferConfig, whole_frame: bool = False,
+                    sparse_factor: float | Callable[[], float | None] | None = None) -> np.ndarray:
     """Apply the flux correction along the rings (or, with ``whole_frame`` and no rings, over each whole
-    frame) to a chunk of denoised frames (in place)."""
+    frame) to a chunk of denoised frames (in place). ``sparse_factor`` (a number, or a function that
+    gives it when first needed: :func:`sample_flux_factor`) scales the frames too sparse to fix their own
+    flux (:func:`keep_frame_counts`)."""
     if rings is None and not whole_frame:
         return out
     from .physics.geometry import preserve_profile
@@ -188,8 +297,8 @@ def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, ring
         skip = flux_outliers(counts[j], out[j], valid[j])  # unmasked hot pixels set no scale
         if rings is not None:
             out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window, exclude=skip)
-        else:
-            out[j] = keep_frame_counts(out[j], counts[j], valid[j], exclude=skip)
+            continue
+        out[j] = keep_frame_counts(out[j], counts[j], valid[j], exclude=skip, sparse_factor=sparse_factor)
     return out
 
 
@@ -260,6 +369,7 @@ def predict_stack(
     if whole:
         _log.info("flux correction over each whole frame: its total counts are kept (no rings known; "
                   "--no-preserve-profile turns it off)")
+    sparse = _Once(lambda: sample_flux_factor(stack, model_frames(model, stack, inf)))  # only if a sparse frame comes
 
     writer = None
     result = None
@@ -292,7 +402,7 @@ def predict_stack(
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
             tally.add(counts, valid, out)  # the network's own output: a flux correction can hide a failure
-            correct_profile(out, counts, valid, rings, inf, whole)
+            correct_profile(out, counts, valid, rings, inf, whole, sparse_factor=sparse)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:
