@@ -30,6 +30,11 @@ def test_train_predict_round_trip_and_lazy_verbs(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
     gaps = scan.counts == 2**32 - 1
     assert np.isnan(a[gaps]).all() and np.isfinite(a[~gaps]).all()
+    # predict reads the data as the call says (ndim=1: rows of spectra), and a 2D model refuses spectra
+    spectra = tmp_path / "spectra.npy"
+    np.save(spectra, np.random.default_rng(0).poisson(3.0, size=(8, 1024)).astype(np.uint16))
+    with pytest.raises(XRDError, match="denoises 2D frames but the data have 1D frames"):
+        xd.predict(spectra, model, ndim=1)
 
 
 def test_neighbors_refinement_runs_in_denoise_only(tmp_path):

@@ -25,6 +25,12 @@ def test_round_trip_json(tmp_path):
         ({"overlap": 400, "tile": 512}, "infer.overlap"),
         ({"scan_shape": [0, 3]}, "data.scan_shape"),
         ({"neighbors": 6}, "method.neighbors"),
+        ({"weight_decay": -1.0}, "train.weight_decay"),
+        ({"patience": -3}, "train.patience"),
+        ({"gain": float("nan")}, "data.gain"),
+        ({"offset": float("nan")}, "data.offset"),
+        ({"method__name": "n2s", "cycles": 3}, "method.cycles"),  # refinement is the neighbour method's
+        ({"method__name": "neighbors", "cycles": 2, "combine_n2s": True}, "method.combine_n2s"),  # would leak
     ],
 )
 def test_invalid_values_name_the_parameter(override, name):

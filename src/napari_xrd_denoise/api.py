@@ -256,6 +256,8 @@ def predict(
     user = make_config(config, **{k: v for k, v in overrides.items() if k in _CALL_KEYS})
     base = model.config.to_dict()
     base["data"].update({k: user.data.__dict__[k] for k in _DATA_KEYS})
+    if user.data.ndim is not None:  # else the model's (a 1D model reads a .npy as spectra)
+        base["data"]["ndim"] = user.data.ndim
     base["method"]["poni"] = user.method.poni
     base["method"]["center"] = None  # filled from the data (open_input) when they know it
     base["infer"] = user.infer.__dict__.copy() if config is not None else base["infer"]
@@ -294,7 +296,7 @@ def predict(
 #: the data options a prediction takes from its own call, not from the model's training data
 _DATA_KEYS = ("dataset", "scan_shape", "mask_file", "crop")
 _CALL_KEYS = {"dataset", "data__dataset", "scan_shape", "data__scan_shape", "mask", "mask_file", "data__mask_file",
-              "crop", "data__crop", "poni", "method__poni", "center", "method__center"}
+              "crop", "data__crop", "poni", "method__poni", "center", "method__center", "ndim", "data__ndim"}
 
 
 def _as_input_shape(result, source, cfg: Config):

@@ -251,6 +251,8 @@ class Config(_Section):
         _range("train.seed", t.seed, 0, 2**32 - 1)
         _range("train.threads", t.threads, 0, 4096)
         _range("train.max_minutes", t.max_minutes, 0.0, 1e7)
+        _range("train.weight_decay", t.weight_decay, 0.0, 10.0)
+        _range("train.patience", t.patience, 0, 10**6)
         _range("method.center_guard", m.center_guard, 0.0, 1e4)
         _range("method.mirror_angle", m.mirror_angle, -360.0, 360.0)
         _range("data.read_noise", dd.read_noise, 0.0, 1e9)
@@ -277,8 +279,17 @@ class Config(_Section):
             raise ConfigError(f"data.crop={dd.crop} needs 4 numbers Y0,Y1,X0,X1 (2D) or 2 numbers C0,C1 (1D)")
         if m.center is not None and (len(m.center) != 2 or not all(math.isfinite(float(c)) for c in m.center)):
             raise ConfigError(f"method.center={m.center} must be two finite numbers Y,X")
-        if dd.gain <= 0:
-            raise ConfigError(f"data.gain={dd.gain} must be positive")
+        if not (isinstance(dd.gain, numbers.Real) and math.isfinite(dd.gain) and dd.gain > 0):
+            raise ConfigError(f"data.gain={dd.gain} must be a positive number")
+        if not (isinstance(dd.offset, numbers.Real) and math.isfinite(dd.offset)):
+            raise ConfigError(f"data.offset={dd.offset} must be a finite number")
+        if int(m.cycles) > 1 and m.name != "neighbors":
+            raise ConfigError(f"method.cycles={m.cycles}: iterative refinement is the neighbour method's "
+                              f"(--method neighbors), not method.name={m.name!r}; use method.cycles=1")
+        if int(m.cycles) > 1 and m.combine_n2s:
+            raise ConfigError("method.combine_n2s with method.cycles > 1: the refinement is leak-free only with the "
+                              "plain blind spot (the masked centre frame would pass its own counts back through the "
+                              "neighbour estimates); use one or the other")
 
 
 # Defaults that differ for 1D spectra (measured on the real XRF spectra, see docs/methods.md): a small
