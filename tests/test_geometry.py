@@ -256,3 +256,31 @@ def test_a_cropped_stack_keeps_its_rings():
     cc = c.crop([10, 200, 50, 500])  # cropped twice
     np.testing.assert_allclose(radial_map(cc.frame_shape, geometry=cc.geometry), full[110:300, 350:800], atol=1e-9)
     assert cc.beam_center == pytest.approx((s.beam_center[0] - 110, s.beam_center[1] - 350))
+
+
+def test_a_poni_of_another_detector_is_refused(tmp_path):
+    """A PONI made for another detector gives wrong rings everywhere: its detector's shape (a named
+    Pilatus 1M) or its pixel size (172 um against the file's 75 um) is checked against the data, in one
+    line naming the PONI; the data's own detector passes."""
+    from pyFAI.detectors import Detector, detector_factory
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    from napari_xrd_denoise.io.readers import open_stack
+    from napari_xrd_denoise.synthetic import write_scan
+
+    scan = make_scan(scan_shape=(2,), frame_shape=(64, 80), dose="mid", seed=1)
+    fn = write_scan(tmp_path / "scan_master.h5", scan, format="eiger", external=False)
+    assert open_stack(fn).pixel_size == (75e-6, 75e-6)
+
+    def poni(name, det):
+        ai = AzimuthalIntegrator(dist=0.1, poni1=0.002, poni2=0.003, detector=det, wavelength=1e-10)
+        p = tmp_path / name
+        ai.write(str(p))
+        return p
+
+    with pytest.raises(XRDError, match=r"pilatus\.poni: the PONI's detector is 1043x981 pixels but the frames .* 64x80"):
+        open_stack(fn, poni=poni("pilatus.poni", detector_factory("Pilatus1M")))
+    with pytest.raises(XRDError, match=r"big\.poni: the PONI's pixels are 172\.0x172\.0 um .* 75\.0x75\.0 um"):
+        open_stack(fn, poni=poni("big.poni", Detector(172e-6, 172e-6)))
+    ok = open_stack(fn, poni=poni("own.poni", Detector(75e-6, 75e-6)))
+    assert ok.geometry is not None

@@ -1448,6 +1448,29 @@ def load_poni(path: str | Path, frame_shape: Sequence[int]) -> tuple[dict[str, A
     return geo, (float(center[0]), float(center[1]))
 
 
+def _check_poni_detector(path: str | Path, geo: dict[str, Any], stack: ScanStack) -> None:
+    """Refuse a PONI file of another detector: its detector's shape (when the PONI names one) must be the
+    frames', its pixel size (within 2 %) the file's own when the file states one; rings computed with
+    another detector's geometry would be wrong everywhere."""
+    from ..physics.geometry import make_integrator
+
+    try:
+        det = make_integrator(geo).detector
+        shape = tuple(int(x) for x in det.max_shape) if getattr(det, "max_shape", None) else None
+        pix = (float(det.pixel1), float(det.pixel2))
+    except Exception:
+        return  # nothing to compare
+    frame = tuple(int(x) for x in stack.frame_shape)
+    if shape is not None and shape != frame:
+        raise InputFileError(f"{path}: the PONI's detector is {shape[0]}x{shape[1]} pixels but the frames of "
+                             f"{stack.label} are {frame[0]}x{frame[1]} (a PONI of another detector? --poni)")
+    own = stack.pixel_size
+    if own is not None and all(p > 0 for p in pix) and any(abs(a / b - 1) > 0.02 for a, b in zip(pix, own)):
+        raise InputFileError(f"{path}: the PONI's pixels are {pix[0] * 1e6:.1f}x{pix[1] * 1e6:.1f} um but "
+                             f"{stack.label} states {own[0] * 1e6:.1f}x{own[1] * 1e6:.1f} um (a PONI of another "
+                             "detector? --poni)")
+
+
 # ------------------------------------------------------------------------------------------------
 # the entry point
 # ------------------------------------------------------------------------------------------------
@@ -1532,6 +1555,7 @@ def open_stack(
         if stack.frame_ndim != 2:
             raise InputFileError(f"{poni}: a PONI geometry needs 2D frames, {stack.label} holds 1D spectra (--poni)")
         geo, center = load_poni(poni, stack.frame_shape)
+        _check_poni_detector(poni, geo, stack)
         stack.geometry = geo
         stack.beam_center = center
         if stack.pixel_size is None and geo.get("pixel1") and geo.get("pixel2"):
