@@ -1,5 +1,7 @@
 """Neighbour-scan blind spot: neighbour tables, the blind spot, the loss, training, leak-free refinement."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -499,6 +501,16 @@ def test_saved_models_of_both_physics_methods_reload_and_predict_the_same(tmp_pa
         back = DenoiserModel.load(path, device="cpu")
         assert back.config.method == model.config.method
         np.testing.assert_array_equal(predict_stack(back, stack), a)
+        if cfg.method.name == "neighbors":  # the same frames as a flat file
+            flat = dataclasses.replace(stack, data=stack.flat())  # same metadata, no grid
+            assert flat.scan_shape == (12,)
+            with pytest.raises(XRDError, match="--scan-shape"):
+                predict_stack(back, flat)
+            back.config.data.scan_shape = [3, 4]  # trained from a flat file with --scan-shape 3x4: that grid, said
+            notes = []
+            b = predict_stack(back, flat, notes=notes)
+            assert len(notes) == 1 and "the model's 3x4" in notes[0] and "--scan-shape" in notes[0]
+            np.testing.assert_array_equal(b.reshape(a.shape), a)
 
 
 def test_combine_split_is_the_default_for_counts_but_not_with_refinement():

@@ -362,6 +362,15 @@ def predict_stack(
     bs = max(1, int(inf.batch_size))
     extra = 2 * chunk if method.needs_context else 0
     source = FrameSource(stack, cache_frames=chunk + extra + 16)
+    if method.name == "neighbors" and len(stack.scan_shape) != 2:  # a flat file: the grid the model was trained on
+        from .methods.neighbors import scan_grid
+
+        g = scan_grid(model.config, source)  # one line naming --scan-shape when it does not fit
+        msg = (f"{stack.label}: {n} frames without a scan grid; the model's {g[0]}x{g[1]} (from its training data) "
+               "places the neighbours: give --scan-shape if this scan's grid is another")
+        _log.warning(msg)
+        if notes is not None:
+            notes.append(msg)
     run = model.runner(inf)
     flat = stack.flat()
     rings = profile_rings(model, stack, inf, center)
