@@ -163,6 +163,24 @@ def test_unreachable_scheduler_is_one_line(files):
                               connect_timeout=1.0)
     msg = str(e.value)
     assert "\n" not in msg and "tcp://127.0.0.1:9" in msg and "--scheduler" in msg
+    # an address that cannot be one is refused before any dask client exists (a half-made client used
+    # to print dask's 'Exception ignored in Client.__del__' traceback after the error, 40 s later)
+    from distributed import Client
+
+    made = []
+    real_init = Client.__init__
+
+    def spy(self, *a, **k):
+        made.append(a)
+        real_init(self, *a, **k)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(Client, "__init__", spy):
+        for bad in ("notanaddress", "tcp://host"):
+            with pytest.raises(XRDError, match=f"--scheduler {bad}: not a dask scheduler address"):
+                D.predict_distributed(model, stack, infer=model.config.infer, scheduler=bad, connect_timeout=1.0)
+    assert not made
 
 
 def test_cli_scheduler_address(cluster, files, tmp_path, monkeypatch, capsys):

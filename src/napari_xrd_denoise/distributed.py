@@ -356,6 +356,18 @@ def _pickled_size(obj: Any) -> float:
     return len(main) + sum(b.raw().nbytes for b in bufs)
 
 
+def _check_address(scheduler: str) -> None:
+    """One-line error for a scheduler address that cannot be one (no port, unknown protocol)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(str(scheduler))
+        if scheme in ("tcp", "tls", "ucx", "ws", "wss"):
+            parse_host_port(loc)
+    except (ValueError, TypeError) as e:
+        raise XRDError(f"--scheduler {scheduler}: not a dask scheduler address ({e}); e.g. tcp://host:8786") from None
+
+
 def _connect(workers: int, scheduler: str | None, timeout: float):
     """``(client, cluster or None)``; XRDError naming the address when the scheduler cannot be reached."""
     try:
@@ -363,6 +375,7 @@ def _connect(workers: int, scheduler: str | None, timeout: float):
     except ImportError:  # pragma: no cover - distributed is a dependency
         raise XRDError("--workers/--scheduler need the 'distributed' package (pip install distributed)") from None
     if scheduler:
+        _check_address(scheduler)  # before a Client exists (a half-made one hangs for 40 s at exit)
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=False)
         except Exception as e:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address
