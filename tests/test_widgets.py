@@ -810,3 +810,18 @@ def test_saved_mask_holds_pixels_the_raw_values_mark_invalid_in_every_frame():
     want = np.zeros((40, 48), bool)
     want[20, :] = True
     np.testing.assert_array_equal(ex, want)
+
+
+def test_widget_messages_name_the_controls_not_command_line_options():
+    """The engine's messages are shared with the command line; in the widgets an option they name
+    becomes the control that sets it."""
+    from napari_xrd_denoise.errors import XRDError
+    from napari_xrd_denoise.widgets._common import error_line
+
+    e = XRDError("method.name='neighbors' needs the 2-D scan grid of the 12 frames: give --scan-shape ROWSxCOLS "
+                 "(1xN for a line scan)")
+    assert error_line(e) == ("method.name='neighbors' needs the 2-D scan grid of the 12 frames: give 'Scan shape' "
+                             "(Load) (1xN for a line scan)")
+    e = XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+    assert "--" not in error_line(e) and "(Masks and beam centre)" in error_line(e)
+    assert error_line(XRDError("x.h5: output exists; pass --overwrite")) == "x.h5: output exists; pass --overwrite"

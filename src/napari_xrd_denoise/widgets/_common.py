@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import queue
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,12 +38,43 @@ log = logging.getLogger("napari_xrd_denoise.widgets")
 
 
 # --- errors --------------------------------------------------------------------------------------
+#: command-line options named by the engine's messages, and the widget controls that set them
+GUI_NAMES = {
+    "--scan-shape": "'Scan shape' (Load)",
+    "--ndim": "'Frames' (Load)",
+    "--dataset": "'Dataset' (Load)",
+    "--crop": "the crop rows/columns (Load)",
+    "--keep-negatives": "'keep negatives' (Load)",
+    "--saturation": "'Saturation' (Load)",
+    "--center": "the beam centre (Masks and beam centre)",
+    "--poni": "a PONI file (Masks and beam centre)",
+    "--mask": "'Mask file' (Masks and beam centre)",
+    "--method": "'Method' (Train)",
+    "--neighbors": "'Scan neighbours' (Train)",
+    "--reference": "'Reference layer' (Train)",
+    "--epochs": "'Epochs' (Train)",
+    "--max-minutes": "the time limit (Train)",
+    "--device": "'Device' (Train)",
+    "--tta": "'test-time augmentation' (Predict)",
+    "--preserve-profile": "'flux correction' (Predict)",
+    "--no-preserve-profile": "'flux correction' off (Predict)",
+}
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?:[ =]ROWSxCOLS|[ =]Y,X)?")
+
+
+def gui_words(text: str) -> str:
+    """An engine message in the words of the widgets: each command-line option it names becomes the
+    control that sets it (messages are shared by the command line and the GUI)."""
+    return _FLAG.sub(lambda m: GUI_NAMES.get(m.group(1), m.group(0)), text)
+
+
 def error_line(exc: BaseException) -> str:
-    """One line for a notification: the XRDError text, or the type and first line of anything else."""
+    """One line for a notification: the XRDError text (options named as the widgets' controls), or the
+    type and first line of anything else."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
     if isinstance(exc, (XRDError, Cancelled)):
-        return first or type(exc).__name__
+        return gui_words(first) or type(exc).__name__
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 

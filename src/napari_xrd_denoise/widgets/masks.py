@@ -11,6 +11,7 @@ from ..config import Config
 from ..errors import XRDError
 from ._common import (
     check_save,
+    gui_words,
     PathField,
     button,
     combo,
@@ -423,7 +424,7 @@ class MaskWidget(QWidget):
         )
         warn = symmetry_warning(self.score, center, kind)
         if warn:
-            show_warning(warn)
+            show_warning(gui_words(warn))
 
     @guarded
     def refine_center(self) -> None:

@@ -17,6 +17,7 @@ from ..config import Config, InferConfig
 from ..errors import Cancelled, XRDError
 from ._common import (
     check_save,
+    gui_words,
     PathField,
     PlotCanvas,
     button,
@@ -333,6 +334,7 @@ class PredictWidget(QWidget):
         if notes:
             from napari.utils.notifications import show_warning
 
+            notes = [gui_words(n) for n in notes]  # engine notes name command-line options
             for note in notes:
                 show_warning(note)
             self.status.setText(f"Denoised {self.state.stack.n_frames} frames{where}. Warning: {notes[0]}")

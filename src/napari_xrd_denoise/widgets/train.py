@@ -13,6 +13,7 @@ from ..errors import Cancelled, XRDError
 from ..io.stack import ScanStack
 from ._common import (
     check_save,
+    gui_words,
     PathField,
     PlotCanvas,
     button,
@@ -414,7 +415,7 @@ class TrainWidget(QWidget):
             set_layer(self.viewer, "denoised preview", p, contrast_limits=robust_limits(p), colormap="magma",
                       translate=off, metadata={"xrd_role": "preview"})
         elif k == "message" and ev.message and ev.message != self._device_note:
-            show_info(ev.message)
+            show_info(gui_words(ev.message))
         elif k in ("done", "cancelled"):
             self._redraw()
             if k == "cancelled" and self._t_stop is not None:
