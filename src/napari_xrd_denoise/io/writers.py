@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,8 @@ class ResultWriter:
         return (1,) * (lead - 1) + (k,) + self.frame_shape
 
     def _create(self) -> None:
+        if self.kind != "npy":
+            self._room(0)  # a new file's headers need room too
         if self.kind == "hdf5":
             import h5py
 
@@ -299,8 +302,22 @@ class ResultWriter:
         except (OSError, RuntimeError) as e:
             self._fail(e)
 
+    def _room(self, nbytes: int) -> None:
+        """Refuse to write (one 'disk full' line, no output kept) when the output's filesystem has less free
+        space than ``nbytes`` (the data uncompressed) and ``HEADROOM``: HDF5 and TIFF writers that hit a full
+        disk fail late and badly (the HDF5 library may crash the process at exit), so they never get there.
+        ``.npy`` outputs reserve all their blocks when created instead."""
+        try:
+            free = shutil.disk_usage(self.part.parent).free
+        except OSError:
+            return
+        if free < int(nbytes) + HEADROOM:
+            self._fail(OSError(errno.ENOSPC, f"{free} bytes free, {int(nbytes) + HEADROOM} needed"))
+
     def _write(self, start: int, block: np.ndarray, valid: np.ndarray) -> None:
         k = block.shape[0]
+        if self.kind != "npy" and self._buffer is None:
+            self._room(block.nbytes + (0 if self.static_valid else valid.size))
         if self.kind == "hdf5":
             d = self._h5["entry/data/data"]
             v = self._h5["entry/data/valid"]
@@ -380,6 +397,7 @@ class ResultWriter:
                 if self._buffer is not None:
                     import tifffile
 
+                    self._room(self._buffer.nbytes)
                     tifffile.imwrite(self.part, self._buffer, photometric="minisblack",
                                      metadata={"result_shape": list(self.shape), "frame_ndim": self.frame_ndim,
                                                "provenance": _json_safe(self.provenance)})
@@ -465,6 +483,10 @@ class ResultWriter:
             self.abort()
         else:
             self.close()
+
+
+#: free space an HDF5/TIFF output keeps beyond the data it writes (headers, chunk index, provenance)
+HEADROOM = 1 << 20
 
 
 def _json_safe(d: dict) -> dict:
