@@ -131,6 +131,16 @@ def test_in_memory_masks_shapes_and_stacks(tmp_path):
     assert xd.Config().replace(scan_shape=3).data.scan_shape == [3]
 
 
+def test_a_config_given_where_the_output_goes_is_one_line():
+    """denoise(source, output, config): a Config passed second is an error naming the output and
+    config=, not a traceback from inside the writer."""
+    scan = make_scan(scan_shape=(2,), frame_shape=(48, 48), dose="mid", seed=3)
+    with pytest.raises(XRDError, match=r"output: a file path or None, not Config; pass a configuration as config="):
+        xd.denoise(scan.counts, xd.Config(), epochs=1)
+    with pytest.raises(XRDError, match="output: a file path or None, not dict"):
+        xd.denoise(scan.counts, {"train": {}})
+
+
 def test_a_blank_scan_is_refused_before_training():
     """All-zero frames have nothing to learn; a network trained on them invented counts (thousands from none)."""
     with pytest.raises(XRDError, match="holds 0: nothing to learn"):

@@ -511,6 +511,10 @@ def test_saved_models_of_both_physics_methods_reload_and_predict_the_same(tmp_pa
             b = predict_stack(back, flat, notes=notes)
             assert len(notes) == 1 and "the model's 3x4" in notes[0] and "--scan-shape" in notes[0]
             np.testing.assert_array_equal(b.reshape(a.shape), a)
+            from napari_xrd_denoise.io.writers import read_result
+
+            out = predict_stack(back, flat, tmp_path / "flat.h5")  # the grid used is in the provenance
+            assert read_result(out)[2]["scan_grid"].startswith("3x4 (the model's")
 
 
 def test_combine_split_is_the_default_for_counts_but_not_with_refinement():

@@ -39,8 +39,17 @@ def test_cli_preserve_profile_needs_a_centre(tmp_path, capsys):
     np.save(inp, scan.counts)
     fast = ["--epochs", "1", "--steps", "3", "--batch-size", "2", "--patch-size", "32", "--device", "cpu",
             "--method", "n2s"]
-    assert main(["denoise", str(inp), "-o", str(tmp_path / "a.npy"), "--preserve-profile", *fast]) == 2
+    import napari_xrd_denoise.api as api_mod
+
+    trained = []
+    real_train = api_mod._train_on_stack
+    api_mod._train_on_stack = lambda *a, **k: trained.append(1) or real_train(*a, **k)
+    try:
+        assert main(["denoise", str(inp), "-o", str(tmp_path / "a.npy"), "--preserve-profile", *fast]) == 2
+    finally:
+        api_mod._train_on_stack = real_train
     assert "--preserve-profile" in capsys.readouterr().err
+    assert not trained  # refused before the training, not after it
     cy, cx = scan.center
     assert main(["denoise", str(inp), "-o", str(tmp_path / "b.npy"), "--preserve-profile", "--profile-window", "1",
                  "--center", f"{cy},{cx}", *fast]) == 0

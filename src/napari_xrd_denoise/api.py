@@ -7,6 +7,7 @@ and/or keyword overrides (``epochs=5``, ``method="n2s"``, ``train__lr=1e-3``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,14 @@ def _absolute_paths(cfg: Config) -> Config:
 
 
 _MASK_KEYS = ("mask", "mask_file", "data__mask_file")
+
+
+def _check_output_arg(output: Any) -> None:
+    """One line for an output that is not a path (a Config given where the output goes: ``denoise(src,
+    cfg)``)."""
+    if output is not None and not isinstance(output, (str, os.PathLike)):
+        hint = "; pass a configuration as config=..." if isinstance(output, (Config, dict)) else ""
+        raise XRDError(f"output: a file path or None, not {type(output).__name__}{hint}")
 
 
 def _pop_mask_array(overrides: dict[str, Any]) -> np.ndarray | None:
@@ -252,6 +261,7 @@ def predict(
     if not isinstance(model, DenoiserModel):
         raise XRDError(f"model: a trained model (from train or load_model) or a model file path, "
                        f"not {type(model).__name__}")
+    _check_output_arg(output)
     mask = _pop_mask_array(overrides)
     user = make_config(config, **{k: v for k, v in overrides.items() if k in _CALL_KEYS})
     base = model.config.to_dict()
@@ -327,6 +337,7 @@ def denoise(
 
     if qc and output is None:
         raise XRDError("qc=True writes its report beside the output: give an output path")
+    _check_output_arg(output)
     mask = _pop_mask_array(overrides)
     cfg = make_config(config, **overrides)
     if output is not None:
@@ -344,6 +355,10 @@ def denoise(
         for p in (output, model_path):
             if p is not None:
                 check_output(Path(p), True, inputs=stack.input_files)
+    if cfg.infer.preserve_profile is True:  # refused now, not after the training
+        from .inference import check_profile_possible
+
+        check_profile_possible(stack, cfg.method.center)
     if cfg.method.name == "neighbors" and cfg.method.cycles > 1:
         result = _denoise_refined(stack, cfg, output, callback=callback, overwrite=overwrite, model_path=model_path)
     else:

@@ -46,6 +46,15 @@ def data_center(model: DenoiserModel, stack: ScanStack,
     return None if mc is None else (float(mc[0]), float(mc[1]))
 
 
+def check_profile_possible(stack: ScanStack, center=None) -> None:
+    """One-line error when the flux correction along the rings (``--preserve-profile``) cannot be made:
+    spectra, or 2D frames with neither a geometry nor a beam centre (given, or the data's own)."""
+    if stack.frame_ndim != 2:
+        raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
+    if stack.geometry is None and center is None and stack.beam_center is None:
+        raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+
+
 def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
                   center: tuple[float, float] | list[float] | None = None) -> np.ndarray | None:
     """Ring index per pixel for the flux correction along the rings (``infer.preserve_profile``), or
@@ -67,8 +76,7 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
     if not known:
         if want is None:
             return None
-        if stack.frame_ndim != 2:
-            raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
+        check_profile_possible(stack, center)
         raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
     src = "the PONI geometry" if stack.geometry is not None else f"the beam centre ({center[0]:.1f}, {center[1]:.1f})"
     _log.info(f"flux correction along the rings from {src}, windows of {int(infer.profile_window)} one-pixel "
@@ -276,8 +284,8 @@ def flux_provenance(rings: np.ndarray | None, infer: InferConfig, whole_frame: b
     if rings is not None:
         return f"along the rings, windows of {int(infer.profile_window)} ring bins"
     if whole_frame:
-        return (f"whole frame (each frame's total counts kept; frames under {MIN_FRAME_COUNTS} counts scaled by "
-                f"the flux factor of {POOL_FRAMES} frames spread over the scan)")
+        return (f"whole frame (each frame's total counts kept; frames under {MIN_FRAME_COUNTS} counts, if any, "
+                f"scaled by one factor measured on up to {POOL_FRAMES} frames spread over the scan)")
     return "off"
 
 
@@ -362,10 +370,11 @@ def predict_stack(
     bs = max(1, int(inf.batch_size))
     extra = 2 * chunk if method.needs_context else 0
     source = FrameSource(stack, cache_frames=chunk + extra + 16)
+    model_grid = None
     if method.name == "neighbors" and len(stack.scan_shape) != 2:  # a flat file: the grid the model was trained on
         from .methods.neighbors import scan_grid
 
-        g = scan_grid(model.config, source)  # one line naming --scan-shape when it does not fit
+        g = model_grid = scan_grid(model.config, source)  # one line naming --scan-shape when it does not fit
         msg = (f"{stack.label}: {n} frames without a scan grid; the model's {g[0]}x{g[1]} (from its training data) "
                "places the neighbours: give --scan-shape if this scan's grid is another")
         _log.warning(msg)
@@ -390,6 +399,8 @@ def predict_stack(
 
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
         prov["flux_correction"] = flux_provenance(rings, inf, whole)
+        if model_grid is not None:
+            prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
     done = start
