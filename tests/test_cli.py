@@ -222,10 +222,15 @@ def test_console_script_runs_without_traceback(tmp_path):
 def test_denoise_with_qc_report(tmp_path, capsys):
     inp, counts = _write_scan(tmp_path)
     out = tmp_path / "qc_out.h5"
-    code, _, err = run_cli(["denoise", inp, "-o", out, "--method", "n2s", "--qc", *_flags(**FAST)], capsys)
+    code, stdout, err = run_cli(["denoise", inp, "-o", out, "--method", "n2s", "--qc", *_flags(**FAST)], capsys)
     assert code == 0, err
     rep = json.loads((tmp_path / "qc_out.h5.qc.json").read_text())
     assert rep["n_frames"] == 6 and len(rep["frames"]["chi2"]) == 6
+    # the console says what the report found, in one line (it said nothing)
+    line = [ln for ln in stdout.splitlines() if ln.startswith("qc: ")]
+    n_flagged = len(rep["flagged_frames"])
+    assert len(line) == 1 and "qc_out.h5.qc.png" in line[0]
+    assert (f"{n_flagged} of 6 frames flagged" if n_flagged else "no frame flagged of 6") in line[0]
     assert (tmp_path / "qc_out.h5.qc.png").stat().st_size > 10_000
 
 
@@ -269,3 +274,36 @@ def test_replayed_config_names_files_from_any_folder(tmp_path, capsys, monkeypat
     assert code == 0, err
     code, _, err = run_cli(["predict", "../scan.npy", "-m", "m.pt", "-o", "o4.h5", "--workers", "100000"], capsys)
     assert code == 2 and "--workers 100000" in err and err.count("\n") == 1, err
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch, capsys):
+    """`xrd-denoise info FILE | head`: when the reader of the output goes away, the command stops quietly
+    (it printed 'internal error: BrokenPipeError' and exited 1)."""
+    import io
+
+    np.save(tmp_path / "s.npy", np.ones((2, 32, 32), np.uint16))
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["info", str(tmp_path / "s.npy")]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults_of_the_config(capsys):
+    """`xrd-denoise denoise --help` says what a run does without each option: the Config's default."""
+    from napari_xrd_denoise.config import Config
+
+    with pytest.raises(SystemExit):
+        main(["denoise", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cfg = Config()
+    for flag, value in (("--epochs", cfg.train.epochs), ("--steps", cfg.train.steps_per_epoch),
+                        ("--batch-size", cfg.train.batch_size), ("--lr", cfg.train.lr),
+                        ("--neighbors", cfg.method.neighbors), ("--tile", cfg.infer.tile)):
+        after = text[text.rfind(f" {flag} "):]  # the option's own entry, after the usage line
+        assert f"(default: {value})" in after[:260], (flag, after[:260])
+    assert "(default: auto)" in text[text.rfind(" --method METHOD "):][:200]
+    assert "spectra (--ndim 1, CSV, MCA) have their own" in text

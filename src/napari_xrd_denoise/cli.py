@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -88,7 +89,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scan-shape", help="scan grid of a flat stack, e.g. 141x121")
     g.add_argument("--ndim", type=int, choices=(1, 2), help="frame dimensionality: 2 for images, 1 for spectra")
     g.add_argument("--crop", type=_crop, help="Y0,Y1,X0,X1 half-open crop of each frame")
-    g.add_argument("--mask", help="mask file (npy, TIFF, EDF; nonzero = excluded, as pyFAI/Dioptas)")
+    g.add_argument("--mask", help="mask file (npy, npz, TIFF, EDF, HDF5; nonzero = excluded, as pyFAI/Dioptas)")
     g.add_argument("--keep-negatives", action="store_const", const=True,
                    help="keep negative values (background-subtracted data); default: negatives are invalid")
     g.add_argument("--saturation", type=float, help="counts at or above are invalid")
@@ -100,8 +101,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", help="auto, n2s, n2v, n2n-frames, n2n-split, supervised, symmetry, neighbors")
     g.add_argument("--loss", help="auto, mse (Anscombe scale) or poisson (counts)")
     g.add_argument("--mask-width", type=int, help="Noise2Self grid width")
-    g.add_argument("--center", help="beam centre Y,X in pixels (symmetry method)")
-    g.add_argument("--symmetry", help="friedel or mirror")
+    g.add_argument("--center", help="beam centre Y,X in pixels: the symmetry method's centre, and the rings of the "
+                                     "flux correction for every method (default: the file's own or --poni's)")
+    g.add_argument("--symmetry", choices=("friedel", "mirror"), help="symmetry operator")
     g.add_argument("--mirror-angle", type=float, help="mirror line angle in degrees")
     g.add_argument("--center-guard", type=float, help="pixels around the centre left out of the symmetry loss")
     g.add_argument("--partner-interp", choices=("linear", "cubic", "lanczos3"),
@@ -133,15 +135,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "blind-spot methods, and for neighbors with the split half below a median count of 12)")
     g.add_argument("--no-residual", dest="residual", action="store_const", const=False,
                    help="the network predicts its output directly")
-    g.add_argument("--epochs", type=int)
+    g.add_argument("--epochs", type=int, help="training epochs (validation after each; the best is kept)")
     g.add_argument("--steps", type=int, help="optimiser steps per epoch")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--patch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--batch-size", type=int, help="patches per optimiser step")
+    g.add_argument("--patch-size", type=int, help="training patch side in pixels (spectra: channels)")
+    g.add_argument("--lr", type=float, help="learning rate (Adam, cosine schedule)")
+    g.add_argument("--seed", type=int, help="random seed of the training")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--threads", type=int, help="torch threads (0: suited to the model and cores)")
-    g.add_argument("--max-minutes", type=float, help="wall-clock budget for training")
+    g.add_argument("--max-minutes", type=float, help="wall-clock budget for training, 0 = none (with --cycles: per cycle)")
     g.add_argument("--amp", action="store_const", const=True,
                    help="mixed-precision training: float16 on CUDA, bfloat16 on CPUs with native bfloat16 (default)")
     g.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="train in float32 throughout")
@@ -195,26 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     sp = sub.add_parser("info", help="describe a detector file")
-    sp.add_argument("input")
-    sp.add_argument("--dataset")
-    sp.add_argument("--scan-shape")
-    sp.add_argument("--ndim", type=int, choices=(1, 2))
-    sp.add_argument("--poni")
-    sp.add_argument("--mask")
-    sp.add_argument("--keep-negatives", action="store_true")
-    sp.add_argument("--debug", action="store_true")
+    sp.add_argument("input", help="detector file, folder of frames or file pattern")
+    sp.add_argument("--dataset", help="HDF5 dataset path, npz key or zip member (default: found automatically)")
+    sp.add_argument("--scan-shape", help="scan grid of a flat stack, e.g. 141x121")
+    sp.add_argument("--ndim", type=int, choices=(1, 2), help="frame dimensionality: 2 for images, 1 for spectra")
+    sp.add_argument("--poni", help="pyFAI PONI file (geometry, beam centre)")
+    sp.add_argument("--mask", help="mask file (nonzero = excluded)")
+    sp.add_argument("--keep-negatives", action="store_true", help="negative values are data, not invalid")
+    sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
     sp = sub.add_parser("demo", help="denoise the bundled real sample scan and write a PNG comparison")
     sp.add_argument("-o", "--output-dir", default="xrd-denoise-demo", help="folder for the results")
     sp.add_argument("--epochs", type=int, help="training epochs (default: a short run)")
     sp.add_argument("--device", default="auto")
-    sp.add_argument("--overwrite", action="store_true", default=True)
-    sp.add_argument("--debug", action="store_true")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", default=True,
+                    help="accepted for symmetry with the other commands: the demo always replaces its own results")
+    sp.add_argument("--debug", action="store_true", help="show tracebacks")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
-    sp = sub.add_parser("denoise", help="train on INPUT and denoise it in one go")
+    spectra_note = ("The defaults shown are those of 2D frames; spectra (--ndim 1, CSV, MCA) have their own where "
+                    "the option is not given (docs/cli.md).")
+    sp = sub.add_parser("denoise", help="train on INPUT and denoise it in one go", epilog=spectra_note)
     sp.add_argument("input")
-    sp.add_argument("-o", "--output", required=True, help="output file: .h5, .npy or .tif")
+    sp.add_argument("-o", "--output", required=True, help="output file: .h5 (.nxs), .npy or .tif")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--qc", action="store_true", help="write a QC report (JSON and PNG) beside the output")
     sp.add_argument("--save-model", help="also save the trained model here")
@@ -223,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer_options(sp)
     common(sp)
 
-    sp = sub.add_parser("train", help="train a model on INPUT")
+    sp = sub.add_parser("train", help="train a model on INPUT", epilog=spectra_note)
     sp.add_argument("input")
     sp.add_argument("-m", "--model", required=True, help="model file to write (.pt)")
-    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     sp.add_argument("--resume", action="store_true", help="continue from the model's checkpoint (MODEL.ckpt)")
     _add_data_options(sp)
     _add_train_options(sp)
@@ -235,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("predict", help="denoise INPUT with a trained model")
     sp.add_argument("input")
-    sp.add_argument("-m", "--model", required=True)
-    sp.add_argument("-o", "--output", required=True)
-    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("-m", "--model", required=True, help="trained model file (.pt)")
+    sp.add_argument("-o", "--output", required=True, help="output file: .h5 (.nxs), .npy or .tif")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--resume", action="store_true", help="continue a killed run from the frames already written")
     sp.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     sp.add_argument("--workers", type=int, default=0, help="run on a local dask cluster with N workers")
@@ -249,11 +254,37 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
 
     sp = sub.add_parser("bench", help="run the quality and speed benchmarks, write docs/benchmarks.md")
-    sp.add_argument("--quick", action="store_true", help="small version, under 10 minutes on 2 CPU cores")
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--out", default="docs", help="folder for benchmarks.md and plots (--quick: benchmarks-quick.md, bench-quick_*.png)")
-    sp.add_argument("--debug", action="store_true")
+    sp.add_argument("--quick", action="store_true", help="small version, about 8 minutes on 2 idle CPU cores")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    sp.add_argument("--out", default="docs", help="folder for benchmarks.md and plots (--quick: benchmarks-quick.md, "
+                                                 "bench-quick_*.png); the default, docs, is the repository's own "
+                                                 "docs folder when run from its root: give another to keep those")
+    sp.add_argument("--debug", action="store_true", help="show tracebacks")
+    _with_defaults(p)
     return p
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each option's default, from the Config the option sets, to its help text (``auto`` where
+    the default is decided from the data), so that --help says what a run does without the option."""
+    cfg = Config()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for sp in (sp for a in subs for sp in a.choices.values()):
+        for act in sp._actions:
+            entry = _FLAGS.get(act.dest)
+            if entry is None or act.help is None or "default" in act.help or act.const is False:
+                continue
+            sec, key, _ = entry
+            v = getattr(getattr(cfg, sec), key)
+            if isinstance(v, bool) or v is None and act.const is True:
+                shown = {True: "on", False: "off", None: "auto"}[v]
+            elif v is None:
+                shown = "auto" if key not in ("dataset", "scan_shape", "crop", "mask_file", "center", "poni",
+                                              "reference", "init_model", "saturation", "ndim") else None
+            else:
+                shown = "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+            if shown is not None:
+                act.help = f"{act.help} (default: {shown})"
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -336,7 +367,23 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                   model_path=args.save_model)
     if not args.quiet:
         print(f"wrote {out}")
+        if args.qc:
+            print(_qc_summary(Path(out)))
     return 0
+
+
+def _qc_summary(out: Path) -> str:
+    """One line from the QC report beside ``out``: how many frames its checks flag, and where to look."""
+    import json
+
+    rep = json.loads(out.with_name(out.name + ".qc.json").read_text())
+    n, flagged = len(rep.get("flags", [])), list(rep.get("flagged_frames", []))
+    png = out.with_name(out.name + ".qc.png")
+    if not flagged:
+        return f"qc: no frame flagged of {n} (residuals consistent with counting noise); {png.name}"
+    first = ", ".join(str(i) for i in flagged[:5]) + (", ..." if len(flagged) > 5 else "")
+    return (f"qc: {len(flagged)} of {n} frames flagged (frames {first}: residuals not counting noise alone, "
+            f"docs/qc.md); see {png.name} and {out.name}.qc.json")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -446,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: {_interrupted(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (xrd-denoise info FILE | head): quietly
+        with contextlib.suppress(Exception):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 0
     except MemoryError:
         print(f"{PROG}: error: out of memory; try a smaller --infer-batch, --tile or --batch-size", file=sys.stderr)
         return 2

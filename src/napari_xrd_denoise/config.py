@@ -284,12 +284,12 @@ class Config(_Section):
         if not (isinstance(dd.offset, numbers.Real) and math.isfinite(dd.offset)):
             raise ConfigError(f"data.offset={dd.offset} must be a finite number")
         if int(m.cycles) > 1 and m.name != "neighbors":
-            raise ConfigError(f"method.cycles={m.cycles}: iterative refinement is the neighbour method's "
-                              f"(--method neighbors), not method.name={m.name!r}; use method.cycles=1")
+            raise ConfigError(f"method.cycles={m.cycles} (--cycles): iterative refinement is the neighbour method's "
+                              f"(--method neighbors), not method.name={m.name!r}; use --cycles 1")
         if int(m.cycles) > 1 and m.combine_n2s:
-            raise ConfigError("method.combine_n2s with method.cycles > 1: the refinement is leak-free only with the "
-                              "plain blind spot (the masked centre frame would pass its own counts back through the "
-                              "neighbour estimates); use one or the other")
+            raise ConfigError("method.combine_n2s (--combine-n2s) with method.cycles > 1 (--cycles): the refinement "
+                              "is leak-free only with the plain blind spot (the masked centre frame would pass its own "
+                              "counts back through the neighbour estimates); use one or the other")
 
 
 # Defaults that differ for 1D spectra (measured on the real XRF spectra, see docs/methods.md): a small

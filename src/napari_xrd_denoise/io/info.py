@@ -152,7 +152,8 @@ def format_info(d: dict[str, Any]) -> str:
     if d["mask_reasons"]:
         rows.append(("pixel_mask", ", ".join(f"{k} {v}" for k, v in d["mask_reasons"].items())))
     if d["invalid_reasons"]:
-        rows.append(("invalid values", ", ".join(f"{k} {v}" for k, v in d["invalid_reasons"].items())))
+        rows.append(("invalid values", ", ".join(f"{k} {v}" for k, v in d["invalid_reasons"].items())
+                     + ("  (one pixel counts once per cause)" if len(d["invalid_reasons"]) > 1 else "")))
     c = d["counts"]
     if c:
         kind = "integer" if c["integer_valued"] else "non-integer"

@@ -201,8 +201,8 @@ class NeighborScan(CombinesWithSplit, Method):
         )
         problem = self.split_problem(self._integer)
         if problem is None and int(self.mc.cycles) > 1:
-            problem = ("iterative refinement (method.cycles > 1) would pass the centre frame's own photons back "
-                       "through the neighbour estimates; use method.cycles=1")
+            problem = ("iterative refinement (method.cycles > 1, --cycles) would pass the centre frame's own photons "
+                       "back through the neighbour estimates; use --cycles 1 or --no-combine-split")
         self.resolve_combine_split(stack.label, problem)
         if self._loss_choice == "poisson" and not self._integer:
             self.messages.append(
