@@ -858,7 +858,7 @@ def xrf_suite(st: Settings, device: str, progress) -> Suite | None:
     res.append(Result("gaussian of the mean (oracle sigma)", g, note=f"sigma={s:g} channels, chosen on the reference"))
     res.append(Result("median 5 of the mean", baselines.median(four.mean(0)[None], None, 5, frame_ndim=1)))
     suite = Suite("xrf", "Real XRF spectra (4 of 32 repeats)",
-                  "CEA-MetroCarac auto-denoise example: 32 repeated 0.1 s spectra, 4094 channels (index and "
+                  "CEA-MetroCarac auto-denoise example: 32 repeated 0.1 s spectra, 4095 channels (index and "
                   "overflow columns dropped). Input: the first 4; reference: the mean of all 32 (itself noisy, "
                   "RMSE about 0.41). Each estimate is one spectrum, scored by RMSE per channel.", frame_ndim=1)
     for r in res:
@@ -1459,7 +1459,9 @@ def run_bench(quick: bool = False, device: str = "auto", out_dir: Path = Path("d
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise XRDError(f"{out_dir}: output folder does not exist")
+        if not out_dir.parent.is_dir() or out_dir.exists():
+            raise XRDError(f"{out_dir}: output folder does not exist (--out)")
+        out_dir.mkdir()  # a new folder for the tables and plots, in an existing one
     st = settings_for(quick, _tiny)
     if peer is not None:
         st.peer = bool(peer)
