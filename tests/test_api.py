@@ -88,6 +88,15 @@ def test_predict_takes_the_centre_and_data_options_of_its_own_call(tmp_path, cap
     with h5py.File(out2, "r") as f:
         used = xd.Config.from_dict(__import__("json").loads(f["entry/provenance"].attrs["config"])).method.center
     assert tuple(used) == (30.0, 31.0)
+    # data without a centre of their own: the symmetry model's, with a warning, and recorded as used
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="napari_xrd_denoise"):
+        out3 = xd.predict(b.counts, model, tmp_path / "b3.h5")
+    assert any("no beam centre of its own" in r.getMessage() and "(28.0, 30.0)" in r.getMessage()
+               for r in caplog.records)
+    with h5py.File(out3, "r") as f:
+        used = xd.Config.from_dict(__import__("json").loads(f["entry/provenance"].attrs["config"])).method.center
+    assert tuple(used) == (28.0, 30.0)
     # a non-symmetry model's centre describes its training data: data without one get the whole-frame correction
     m1 = xd.train(sa, method="n2n-split", **FAST)
     assert tuple(m1.config.method.center) == (28.0, 30.0)

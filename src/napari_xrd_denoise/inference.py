@@ -31,8 +31,8 @@ def data_center(model: DenoiserModel, stack: ScanStack,
                 center: tuple[float, float] | list[float] | None = None) -> tuple[float, float] | None:
     """The beam centre of the data being denoised: ``center`` when given, else the data's own (file
     metadata, PONI). A symmetry model, which cannot predict without a centre, falls back on its own (the
-    centre of the data it was trained on); other models do not, since that centre describes other data.
-    Says so in the log when the data's own centre replaces a different one of a symmetry model's."""
+    centre of the data it was trained on), with a warning; other models do not, since that centre describes
+    other data. Says so in the log when the data's own centre replaces a different one of a symmetry model's."""
     if center is not None:
         return float(center[0]), float(center[1])
     own = stack.beam_center
@@ -43,7 +43,11 @@ def data_center(model: DenoiserModel, stack: ScanStack,
             _log.info(f"beam centre ({own[0]:.1f}, {own[1]:.1f}) from {stack.label}, not the model's "
                       f"({float(mc[0]):.1f}, {float(mc[1]):.1f}); --center chooses another")
         return own
-    return None if mc is None else (float(mc[0]), float(mc[1]))
+    if mc is None:
+        return None
+    _log.warning(f"{stack.label} has no beam centre of its own: the symmetry model's ({float(mc[0]):.1f}, "
+                 f"{float(mc[1]):.1f}), from the data it was trained on, is used; --center gives this scan's")
+    return float(mc[0]), float(mc[1])
 
 
 def check_profile_possible(stack: ScanStack, center=None) -> None:
