@@ -35,6 +35,9 @@ def test_train_predict_round_trip_and_lazy_verbs(tmp_path):
     np.save(spectra, np.random.default_rng(0).poisson(3.0, size=(8, 1024)).astype(np.uint16))
     with pytest.raises(XRDError, match="denoises 2D frames but the data have 1D frames"):
         xd.predict(spectra, model, ndim=1)
+    # the call's saturation describes these data (it was the model's, silently)
+    sat = xd.predict(scan.counts, model, saturation=5)
+    assert np.isnan(sat[scan.counts >= 5]).all() and np.isfinite(sat[scan.counts < 5]).all()
 
 
 def test_neighbors_refinement_runs_in_denoise_only(tmp_path):

@@ -307,3 +307,43 @@ def test_help_shows_the_defaults_of_the_config(capsys):
         assert f"(default: {value})" in after[:260], (flag, after[:260])
     assert "(default: auto)" in text[text.rfind(" --method METHOD "):][:200]
     assert "spectra (--ndim 1, CSV, MCA) have their own" in text
+
+
+def test_the_other_files_a_run_reads_are_never_an_output(tmp_path, capsys):
+    """The mask, the PONI and the model a run reads are inputs too: naming one as the output is refused
+    even with --overwrite (a --mask file was replaced by the result), and the file is left as it was."""
+    inp, _ = _write_scan(tmp_path)
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.zeros((48, 48), np.uint8))
+    before = mask.read_bytes()
+    code, _, err = run_cli(["denoise", inp, "-o", mask, "--mask", mask, "--overwrite", "--method", "n2s",
+                            *_flags(**FAST)], capsys)
+    assert code == 2 and "this is the input file" in err and mask.read_bytes() == before
+    model = tmp_path / "m.h5"  # a model file may have any name
+    assert run_cli(["train", inp, "-m", model, "--method", "n2s", *_flags(**FAST)], capsys)[0] == 0
+    for target in (mask, model):
+        before = target.read_bytes()
+        code, _, err = run_cli(["predict", inp, "-m", model, "--mask", mask, "-o", target, "--overwrite"], capsys)
+        assert code == 2 and "this is the input file" in err and err.count("\n") == 1, err
+        assert target.read_bytes() == before
+
+
+def test_ctrl_c_message_stands_on_its_own_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the progress bar is drawn: the bar is closed first, so the message is a line of its
+    own and the last thing written (it was glued to the bar, which was drawn again after it)."""
+    import napari_xrd_denoise.api as api_mod
+
+    inp, _ = _write_scan(tmp_path)
+    model = tmp_path / "m.pt"
+    assert run_cli(["train", inp, "-m", model, "--method", "n2s", *_flags(**FAST)], capsys)[0] == 0
+
+    def interrupted(*a, progress=None, **k):
+        progress(2, 6)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api_mod, "predict", interrupted)
+    code, _, err = run_cli(["predict", inp, "-m", model, "-o", tmp_path / "o.h5"], capsys)
+    assert code == 130
+    lines = err.rstrip("\n").split("\n")
+    assert lines[-1].startswith("xrd-denoise: interrupted"), err[-300:]
+    assert err.endswith("\n") and "frame" not in lines[-1]

@@ -191,7 +191,9 @@ def test_resume_continues_an_interrupted_output(tmp_path):
     w = writers.ResultWriter(out, stack.shape, 2, provenance=default_provenance(m, stack, m.config.infer))
     marker = mem[:2] + 1000.0
     w.write(0, marker, ~np.isnan(mem[:2]))
-    w._mm = None  # a killed run: no close(), no abort()
+    w._mm = None  # a killed run: no close(), no abort(); the OS drops its lock
+    w._lockf.close()
+    w._lockf = None
     assert writers.part_path(out).exists() and not out.exists()
     calls = []
     predict_stack(m, stack, out, resume=True, progress=lambda d, t: calls.append(d))

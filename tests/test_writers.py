@@ -122,23 +122,24 @@ def test_resume_reopens_part(tmp_path, suffix):
     w = ResultWriter(out, SHAPE, 2, provenance=prov())
     w.write(0, fx[:2], fv[:2])
     w.write(2, fx[2:4], fv[2:4])
-    # simulate a killed run: the handles go away without close() or abort()
-    if w._h5 is not None:
-        w._h5.close()
-    w._mm = None
+    # simulate a killed run: the handles go away without close() or abort(); the OS drops its lock
+    def killed(writer):
+        if writer._h5 is not None:
+            writer._h5.close()
+        writer._mm = None
+        writer._lockf.close()  # the lock file stays behind, unlocked
+        writer._lockf = None
+
+    killed(w)
     assert part_path(out).exists() and not out.exists()
     other = ResultWriter(out, SHAPE, 2, provenance=prov(config='{"other": 1}'), resume=True)
     assert other.n_done == 0 and not other.resumed  # a different configuration starts again
     other.write(0, fx[:1] + 100, fv[:1])
-    if other._h5 is not None:
-        other._h5.close()
-    other._mm = None
+    killed(other)
     w = ResultWriter(out, SHAPE, 2, provenance=prov(), resume=True)
     assert w.n_done == 0  # the .part now belongs to the other configuration
     w.write(0, fx[:4], fv[:4])
-    if w._h5 is not None:
-        w._h5.close()
-    w._mm = None
+    killed(w)
     w2 = ResultWriter(out, SHAPE, 2, provenance=prov(), resume=True)
     assert w2.resumed and w2.n_done == 4
     w2.write(4, fx[4:], fv[4:])
@@ -147,6 +148,50 @@ def test_resume_reopens_part(tmp_path, suffix):
     data = np.asarray(data)
     np.testing.assert_array_equal(data[v], x[v])
     assert np.isnan(data[~v]).all()
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy", ".tif"])
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, suffix):
+    """Two runs writing one output shared its .part: the first renamed the second's half-written file onto
+    the output and reported success. Now the second is refused in one line while the first runs; the
+    first's output is complete; once it is done (or killed) the output can be written again."""
+    x, v = data_and_valid()
+    fx, fv = x.reshape(6, 16, 20), v.reshape(6, 16, 20)
+    out = tmp_path / f"o{suffix}"
+    first = ResultWriter(out, SHAPE, 2, provenance=prov())
+    first.write(0, fx[:3], fv[:3])
+    with pytest.raises(XRDError, match="another run is writing this output now") as e:
+        ResultWriter(out, SHAPE, 2, provenance=prov(), overwrite=True)
+    assert "\n" not in str(e.value)
+    first.write(3, fx[3:], fv[3:])
+    first.close()
+    data = np.asarray(read_result(out)[0])
+    np.testing.assert_array_equal(data[v], x[v])
+    assert not list(tmp_path.glob("*.part*"))  # neither the part nor its lock file is left
+    again = ResultWriter(out, SHAPE, 2, provenance=prov(), overwrite=True)
+    again.abort()
+
+
+def test_resume_needs_the_same_model_and_input(tmp_path):
+    """A .part written with another model (weights) or from another input file is never continued:
+    the run starts again (frames of two models or two scans were mixed in one output)."""
+    x, v = data_and_valid()
+    fx, fv = x.reshape(6, 16, 20), v.reshape(6, 16, 20)
+    out = tmp_path / "m.h5"
+    base = dict(prov(), model_sha256="a" * 64, input_file="/data/scan1.h5")
+
+    def killed_after_two(provenance):
+        w = ResultWriter(out, SHAPE, 2, provenance=provenance, resume=True)
+        w.write(w.n_done, fx[w.n_done:w.n_done + 2], fv[w.n_done:w.n_done + 2])
+        w.suspend()
+        return w
+
+    killed_after_two(base)
+    assert killed_after_two(base).resumed  # same model and input: continues (frames 2-3 now)
+    other_model = killed_after_two(dict(base, model_sha256="b" * 64))
+    assert not other_model.resumed and other_model.notes and "starting again" in other_model.notes[0]
+    other_input = killed_after_two(dict(base, model_sha256="b" * 64, input_file="/data/scan2.h5"))
+    assert not other_input.resumed
 
 
 def test_disk_full_removes_part(tmp_path, monkeypatch):

@@ -55,6 +55,13 @@ def _absolute_paths(cfg: Config) -> Config:
 _MASK_KEYS = ("mask", "mask_file", "data__mask_file")
 
 
+def _read_files(cfg: Config, *more: Any) -> tuple[str, ...]:
+    """The other files a run reads (mask, PONI, reference frames, initial model, and ``more``, such as the
+    model applied): like the input, never an output."""
+    files = (cfg.data.mask_file, cfg.method.poni, cfg.method.reference, cfg.method.init_model, *more)
+    return tuple(str(f) for f in files if isinstance(f, (str, os.PathLike)) and str(f))
+
+
 def _check_output_arg(output: Any) -> None:
     """One line for an output that is not a path (a Config given where the output goes: ``denoise(src,
     cfg)``)."""
@@ -218,7 +225,7 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
     if model_path is not None:
         from .io.atomic import check_output
 
-        check_output(Path(model_path), overwrite, inputs=(*stack.input_files, ref_src))
+        check_output(Path(model_path), overwrite, inputs=(*stack.input_files, ref_src, *_read_files(cfg)))
         if checkpoint is None:
             checkpoint = Path(str(model_path) + ".ckpt")
     trainer = Trainer(
@@ -256,6 +263,7 @@ def predict(
     from .inference import predict_stack
     from .model_file import DenoiserModel
 
+    model_file = model if isinstance(model, (str, Path)) else getattr(model, "source_path", None)
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if not isinstance(model, DenoiserModel):
@@ -266,8 +274,11 @@ def predict(
     user = make_config(config, **{k: v for k, v in overrides.items() if k in _CALL_KEYS})
     base = model.config.to_dict()
     base["data"].update({k: user.data.__dict__[k] for k in _DATA_KEYS})
-    if user.data.ndim is not None:  # else the model's (a 1D model reads a .npy as spectra)
-        base["data"]["ndim"] = user.data.ndim
+    for key in ("ndim", "saturation"):  # given for these data, else the model's (a 1D model reads .npy as spectra)
+        if getattr(user.data, key) is not None:
+            base["data"][key] = getattr(user.data, key)
+    if user.data.keep_negatives or "data.keep_negatives" in user.chosen:
+        base["data"]["keep_negatives"] = bool(user.data.keep_negatives)
     base["method"]["poni"] = user.method.poni
     base["method"]["center"] = None  # filled from the data (open_input) when they know it
     base["infer"] = user.infer.__dict__.copy() if config is not None else base["infer"]
@@ -281,7 +292,8 @@ def predict(
         from .io.atomic import check_output
         from .io.writers import output_kind
 
-        check_output(Path(output), overwrite or resume, inputs=(source, *stack.input_files))
+        check_output(Path(output), overwrite or resume, inputs=(source, *stack.input_files,
+                                                                *_read_files(cfg, model_file)))
         output_kind(output)  # an unsupported suffix is refused now, not after the work
     prov = provenance(cfg, stack, {"model_version": getattr(model, "version", "")})
     if workers or scheduler:
@@ -306,7 +318,8 @@ def predict(
 #: the data options a prediction takes from its own call, not from the model's training data
 _DATA_KEYS = ("dataset", "scan_shape", "mask_file", "crop")
 _CALL_KEYS = {"dataset", "data__dataset", "scan_shape", "data__scan_shape", "mask", "mask_file", "data__mask_file",
-              "crop", "data__crop", "poni", "method__poni", "center", "method__center", "ndim", "data__ndim"}
+              "crop", "data__crop", "poni", "method__poni", "center", "method__center", "ndim", "data__ndim",
+              "saturation", "data__saturation", "keep_negatives", "data__keep_negatives"}
 
 
 def _as_input_shape(result, source, cfg: Config):
@@ -344,10 +357,10 @@ def denoise(
         from .io.atomic import check_output
         from .io.writers import output_kind
 
-        check_output(Path(output), overwrite, inputs=(source,))
+        check_output(Path(output), overwrite, inputs=(source, *_read_files(cfg)))
         output_kind(output)  # an unsupported suffix is refused now, not after training
         if model_path is not None:
-            check_output(Path(model_path), overwrite, inputs=(source,))
+            check_output(Path(model_path), overwrite, inputs=(source, *_read_files(cfg)))
     stack = open_input(source, cfg, mask)
     if output is not None or model_path is not None:  # nor any file the input's frames are read from
         from .io.atomic import check_output

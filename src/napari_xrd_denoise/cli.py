@@ -306,8 +306,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
 class _Progress:
     """Progress lines on stderr: a tqdm bar when available, else plain lines."""
 
+    #: bars drawn now, closed before a message ends the command (Ctrl-C), so it stands on its own line
+    active: list["_Progress"] = []
+
     def __init__(self, desc: str, quiet: bool = False):
         self.desc, self.quiet, self.bar, self._last = desc, quiet, None, 0.0
+        _Progress.active.append(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for p in cls.active:
+            if p.bar is not None and not p.bar.disable:  # an open bar (a finished one is disabled by close)
+                with contextlib.suppress(Exception):
+                    p.bar.close()
+            p.bar = None
+        cls.active.clear()
 
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
@@ -491,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _Progress.close_all()
         print(f"{PROG}: {_interrupted(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output went away (xrd-denoise info FILE | head): quietly
@@ -508,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
+        _Progress.active.clear()
         lg = logging.getLogger("napari_xrd_denoise")
         lg.removeHandler(handler)
         lg.setLevel(level)

@@ -40,6 +40,7 @@ from .io.stack import ScanStack
 from .inference import (
     CountsTally,
     _Once,
+    borrowed_grid,
     correct_profile,
     data_center,
     flux_provenance,
@@ -51,6 +52,8 @@ from .inference import (
     whole_frame_flux,
 )
 from .methods.base import FrameSource, stack_arrays
+
+_log = logging.getLogger("napari_xrd_denoise")
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
 CONNECT_TIMEOUT_S = 20.0
@@ -467,6 +470,7 @@ def predict_distributed(
     if stack.frame_ndim != model.frame_ndim:
         raise XRDError(f"{stack.label}: the model denoises {model.frame_ndim}D frames but the data have {stack.frame_ndim}D frames")
     stack.check_denoisable()
+    model_grid = borrowed_grid(model, stack)  # a flat file and a neighbours model: its grid, said
     n = stack.n_frames
     chunk = max(1, int(inf.chunk_frames))
     infer_dict = {k: getattr(inf, k) for k in inf.__dataclass_fields__}
@@ -496,12 +500,17 @@ def predict_distributed(
         from .io.writers import ResultWriter
 
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
+        prov.setdefault("model_sha256", model.fingerprint())  # a resumed output continues only with this model
+        if model_grid is not None:
+            prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
         where = f"scheduler {scheduler}" if scheduler else f"local cluster of {int(workers)} worker processes"
         prov["distributed"] = f"dask {where}; frames {'read by the workers' if mode == 'reopen' else 'sent by the client'}"
         prov["flux_correction"] = flux_provenance(rings, inf, whole)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite,
                               resume=resume)
         start = int(writer.n_done) if resume else 0
+        for note in writer.notes:  # e.g. a .part of another configuration, model or input: started again
+            _log.warning(note)
 
     client = cluster = None
     futures: dict = {}

@@ -50,6 +50,23 @@ def data_center(model: DenoiserModel, stack: ScanStack,
     return float(mc[0]), float(mc[1])
 
 
+def borrowed_grid(model: DenoiserModel, stack: ScanStack, notes: list[str] | None = None) -> tuple[int, int] | None:
+    """A neighbours model applied to a flat stack (no scan grid): the grid it was trained with (from
+    ``--scan-shape`` at training) when the frame count fits, said in a warning (and ``notes``); one line
+    naming ``--scan-shape`` when it does not. None for other models and for stacks with their own grid."""
+    if model.config.method.name != "neighbors" or len(stack.scan_shape) == 2:
+        return None
+    from .methods.neighbors import scan_grid
+
+    g = scan_grid(model.config, FrameSource(stack, cache_frames=1))
+    msg = (f"{stack.label}: {stack.n_frames} frames without a scan grid; the model's {g[0]}x{g[1]} (from its "
+           "training data) places the neighbours: give --scan-shape if this scan's grid is another")
+    _log.warning(msg)
+    if notes is not None:
+        notes.append(msg)
+    return g
+
+
 def check_profile_possible(stack: ScanStack, center=None) -> None:
     """One-line error when the flux correction along the rings (``--preserve-profile``) cannot be made:
     spectra, or 2D frames with neither a geometry nor a beam centre (given, or the data's own)."""
@@ -84,7 +101,7 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
         raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
     src = "the PONI geometry" if stack.geometry is not None else f"the beam centre ({center[0]:.1f}, {center[1]:.1f})"
     _log.info(f"flux correction along the rings from {src}, windows of {int(infer.profile_window)} one-pixel "
-              "rings" + (" (default; --no-preserve-profile turns it off)" if want is None else ""))
+              "rings" + (" (on by default; --no-preserve-profile turns it off)" if want is None else ""))
     return ring_bins(radial_map(stack.frame_shape, geometry=stack.geometry, center=center))
 
 
@@ -329,6 +346,7 @@ def default_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfi
         "dataset": stack.dataset or "",
         "best_epoch": model.history.get("best_epoch"),
         "best_val": model.history.get("best_val"),
+        "model_sha256": model.fingerprint(),
     }
 
 
@@ -374,16 +392,7 @@ def predict_stack(
     bs = max(1, int(inf.batch_size))
     extra = 2 * chunk if method.needs_context else 0
     source = FrameSource(stack, cache_frames=chunk + extra + 16)
-    model_grid = None
-    if method.name == "neighbors" and len(stack.scan_shape) != 2:  # a flat file: the grid the model was trained on
-        from .methods.neighbors import scan_grid
-
-        g = model_grid = scan_grid(model.config, source)  # one line naming --scan-shape when it does not fit
-        msg = (f"{stack.label}: {n} frames without a scan grid; the model's {g[0]}x{g[1]} (from its training data) "
-               "places the neighbours: give --scan-shape if this scan's grid is another")
-        _log.warning(msg)
-        if notes is not None:
-            notes.append(msg)
+    model_grid = borrowed_grid(model, stack, notes)
     run = model.runner(inf)
     flat = stack.flat()
     rings = profile_rings(model, stack, inf, center)
@@ -402,11 +411,18 @@ def predict_stack(
         from .io.writers import ResultWriter
 
         prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
+        prov.setdefault("model_sha256", model.fingerprint())  # a resumed output continues only with this model
         prov["flux_correction"] = flux_provenance(rings, inf, whole)
         if model_grid is not None:
             prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
+        for note in writer.notes:  # e.g. a .part of another configuration, model or input: started again
+            _log.warning(note)
+            if notes is not None:
+                notes.append(note)
+        if writer.resumed:
+            _log.info(f"resuming {Path(output).name}: {start} of {n} frames already written")
     done = start
     tally = CountsTally(stack)
     try:

@@ -214,6 +214,7 @@ class DenoiserModel:
         self.norm = dict(norm)
         self.version = version
         self.history = dict(history or {})
+        self.source_path: str | None = None  # the model file, when loaded from one
         if device is None:
             device = next(net.parameters()).device
         self.device = torch.device(device)
@@ -224,6 +225,18 @@ class DenoiserModel:
     @property
     def normalizer(self) -> Normalizer:
         return Normalizer.from_dict(self.norm)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the network's weights and the model's normalisation: two models give the same
+        frames only if these agree (a resumed prediction checks it)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().to("cpu").contiguous().numpy().tobytes())
+        h.update(json.dumps(self.norm, sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     @property
     def frame_ndim(self) -> int:
@@ -362,7 +375,9 @@ class DenoiserModel:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on files that are not ours
             raise XRDError(f"{path}: not a napari-xrd-denoise model file ({type(e).__name__})") from None
-        return cls.from_dict(d, device=device, label=str(path))
+        model = cls.from_dict(d, device=device, label=str(path))
+        model.source_path = str(path)  # the file it came from: never an output of a run that applies it
+        return model
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.net.parameters())

@@ -108,6 +108,7 @@ class ResultWriter:
         self.provenance.setdefault("package", "napari-xrd-denoise")
         self.provenance.setdefault("version", _version())
         self.provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.provenance["resume_key"] = resume_key(self.provenance)
         self.notes: list[str] = []
         self._ranges: list[tuple[int, int]] = []
         self.n_done = 0
@@ -118,6 +119,8 @@ class ResultWriter:
         self._tw = None
         self._buffer: np.ndarray | None = None
         self._static: np.ndarray | None = None
+        self._lockf = None
+        self._lock()  # one run at a time per output: never two writers on one .part
         try:
             if resume and self.part.exists() and self._try_resume():
                 self.resumed = True
@@ -127,6 +130,7 @@ class ResultWriter:
                 self._remove_part()
                 self._create()
         except XRDError:
+            self._unlock()
             raise
         except (OSError, RuntimeError) as e:
             self._fail(e)
@@ -206,7 +210,7 @@ class ResultWriter:
         return self.part.with_name(self.part.name + ".json")
 
     def _save_state(self) -> None:
-        state = {"shape": list(self.shape), "n_done": self.n_done, "config": self.provenance.get("config"),
+        state = {"shape": list(self.shape), "n_done": self.n_done, "resume_key": self.provenance["resume_key"],
                  "provenance": {k: _prov_value(v) for k, v in self.provenance.items()}}
         if self._static is not None:
             state["static_invalid"] = np.argwhere(~self._static).tolist()
@@ -215,7 +219,7 @@ class ResultWriter:
         os.replace(tmp, self._state_path())
 
     def _try_resume(self) -> bool:
-        want = self.provenance.get("config")
+        want = self.provenance["resume_key"]  # same configuration, model, input and shape, or start again
         if self.kind == "hdf5":
             import h5py
 
@@ -225,7 +229,7 @@ class ResultWriter:
                 return False
             try:
                 entry = f["entry"]
-                have = entry["provenance/config"][()] if "provenance/config" in entry else None
+                have = entry["provenance/resume_key"][()] if "provenance/resume_key" in entry else None
                 if isinstance(have, bytes):
                     have = have.decode()
                 same = (have == want and tuple(entry["data/data"].shape) == self.shape
@@ -241,7 +245,7 @@ class ResultWriter:
             sp = self._state_path()
             try:
                 state = json.loads(sp.read_text())
-                if state.get("config") != want or tuple(state.get("shape", ())) != self.shape:
+                if state.get("resume_key") != want or tuple(state.get("shape", ())) != self.shape:
                     return False
                 self._mm = np.lib.format.open_memmap(self.part, mode="r+")
             except (OSError, ValueError):
@@ -406,6 +410,7 @@ class ResultWriter:
                     self._tw.close()
                     self._tw = None
             os.replace(self.part, self.path)
+            self._unlock()
         except XRDError:
             raise
         except (OSError, RuntimeError) as e:
@@ -439,6 +444,7 @@ class ResultWriter:
         self._h5 = self._tw = self._mm = self._buffer = None
         self._remove_part()
         self._closed = True
+        self._unlock()
 
     def suspend(self) -> Path | None:
         """Stop without finishing, keeping ``<output>.part`` for a later ``resume=True``.
@@ -462,7 +468,42 @@ class ResultWriter:
             return None
         self._h5 = self._mm = None
         self._closed = True
+        self._unlock()
         return self.part
+
+    def _lock_path(self) -> Path:
+        return self.part.with_name(self.part.name + ".lock")
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on ``<output>.part.lock`` while this writer runs: a second run writing
+        the same output is refused in one line (two runs on one ``.part`` left a half-written file under
+        the output's name). The lock dies with the process (kill -9 included); a stale lock file is
+        taken over. Without POSIX locks (Windows) there is no check."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        lp = self._lock_path()
+        try:
+            f = open(lp, "a+")
+        except OSError:
+            return  # an unwritable folder fails with its own message when the output is created
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise XRDError(f"{self.path}: another run is writing this output now ({lp.name} is locked); wait for "
+                           "it to finish or choose another output") from None
+        self._lockf = f
+
+    def _unlock(self) -> None:
+        f, self._lockf = self._lockf, None
+        if f is None:
+            return
+        with contextlib.suppress(OSError):
+            self._lock_path().unlink()
+        with contextlib.suppress(OSError):
+            f.close()
 
     def _remove_part(self) -> None:
         for p in (self.part, self._state_path(), self._state_path().with_suffix(".tmp")):
@@ -483,6 +524,20 @@ class ResultWriter:
             self.abort()
         else:
             self.close()
+
+
+#: provenance entries that must agree for an interrupted output to be continued (``resume=True``)
+RESUME_KEYS = ("config", "model_sha256", "input_file", "input_dataset", "input_shape", "source", "dataset")
+
+
+def resume_key(provenance: dict) -> str:
+    """A digest of what decides an output's frames: the configuration, the model's weights
+    (``model_sha256``) and the input (file, dataset, shape). A ``.part`` written with another is never
+    continued: frames of two models or two inputs would be mixed in one output."""
+    import hashlib
+
+    ident = {k: provenance.get(k) for k in RESUME_KEYS}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
 #: free space an HDF5/TIFF output keeps beyond the data it writes (headers, chunk index, provenance)
