@@ -347,3 +347,20 @@ def test_ctrl_c_message_stands_on_its_own_line(tmp_path, monkeypatch, capsys):
     lines = err.rstrip("\n").split("\n")
     assert lines[-1].startswith("xrd-denoise: interrupted"), err[-300:]
     assert err.endswith("\n") and "frame" not in lines[-1]
+
+
+def test_predict_applies_the_models_inference_options_unless_given(tmp_path, capsys):
+    """A model trained with --split-passes 2 is applied with 2 by `predict` (the command line used the
+    defaults, the Python API the model's); a flag given to predict wins."""
+    inp, _ = _write_scan(tmp_path)
+    model = tmp_path / "m.pt"
+    assert run_cli(["train", inp, "-m", model, "--method", "n2n-split", "--split-passes", "2",
+                    *_flags(**FAST)], capsys)[0] == 0
+
+    def used(out, *flags):
+        code, _, err = run_cli(["predict", inp, "-m", model, "-o", out, *flags], capsys)
+        assert code == 0, err
+        return json.loads(Path(str(out) + ".config.json").read_text())["infer"]["split_passes"]
+
+    assert used(tmp_path / "a.h5") == 2
+    assert used(tmp_path / "b.h5", "--split-passes", "8") == 8

@@ -255,7 +255,9 @@ def predict(
 
     The model's own configuration decides the method and the data transform. The options that
     describe the data (dataset, scan shape, mask, crop, PONI file) are this call's, from ``config`` or
-    the overrides, never those of the data the model was trained on; inference options likewise. The
+    the overrides, never those of the data the model was trained on. Inference options are the model's
+    (as it was trained with them) unless this call sets one (an override, a chosen option, or a value in
+    ``config`` other than the default). The
     beam centre (for the symmetry partner and the flux correction along the rings) is ``center=`` or
     the config's, else the data's own (file metadata, ``poni=``), else, for a symmetry model only, the
     model's (``inference.data_center``). An array input comes back in its own shape.
@@ -281,7 +283,10 @@ def predict(
         base["data"]["keep_negatives"] = bool(user.data.keep_negatives)
     base["method"]["poni"] = user.method.poni
     base["method"]["center"] = None  # filled from the data (open_input) when they know it
-    base["infer"] = user.infer.__dict__.copy() if config is not None else base["infer"]
+    default_infer = Config().infer.__dict__
+    for key, value in user.infer.__dict__.items():  # the model's inference options unless this call sets one
+        if f"infer.{key}" in user.chosen or value != default_infer[key]:
+            base["infer"][key] = value
     cfg = make_config(base, **{k: v for k, v in overrides.items() if k not in _CALL_KEYS})
     stack = open_input(source, cfg, mask)
     from .inference import data_center
