@@ -202,6 +202,20 @@ def test_flux_outliers_finds_unmasked_hot_pixels_and_nothing_else():
     scan, valid, raw, truth, kept, removed = _hot_frame()
     for est in (kept, removed):
         np.testing.assert_array_equal(flux_outliers(raw, est, valid), scan.hot)
+    # compact real features are no spikes (2x2 spots of 400 counts and a one-pixel-wide ring of 80 on a
+    # background of under one count: a median test flagged all of them), a pair of hot pixels is
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    r = np.hypot(yy - 64, xx - 64)
+    t = np.where(np.abs(r - 40) < 0.5, 80.0, 0.3)
+    for y, x in ((20, 20), (40, 90), (100, 30)):
+        t[y:y + 2, x:x + 2] = 400.0
+    c = rng.poisson(t).astype(np.float64)
+    c[5, 60:62] = 5e5
+    ones = np.ones_like(c, dtype=bool)
+    want = np.zeros_like(ones)
+    want[5, 60:62] = True
+    np.testing.assert_array_equal(flux_outliers(c, np.where(want, c, t), ones), want)
     # no false alarms on Poisson frames of any dose, bright rings and Bragg spots included
     for dose in ("low", "mid", "high", 1000.0):
         s = make_scan(scan_shape=(2,), frame_shape=(160, 160), dose=dose, seed=7, n_hot=0)

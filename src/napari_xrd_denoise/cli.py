@@ -507,11 +507,11 @@ def main(argv: list[str] | None = None) -> int:
         _Progress.close_all()
         print(f"{PROG}: {_interrupted(args)}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader of our output went away (xrd-denoise info FILE | head): quietly
-        with contextlib.suppress(Exception):
+    except BrokenPipeError:  # the reader of our output went away (xrd-denoise info FILE | head): no message,
+        with contextlib.suppress(Exception):  # but not a success either
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
-        return 0
+        return 1
     except MemoryError:
         print(f"{PROG}: error: out of memory; try a smaller --infer-batch, --tile or --batch-size", file=sys.stderr)
         return 2

@@ -46,6 +46,7 @@ from .inference import (
     flux_provenance,
     is_sparse,
     model_frames,
+    outlier_masks,
     profile_rings,
     sample_flux_factor,
     scale_sparse,
@@ -329,12 +330,13 @@ def denoise_chunk(
     counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
     valid = np.asarray(valid, dtype=bool)
     tally = CountsTally(stack)
-    tally.add(counts, valid, out)  # before the flux correction, as predict_stack counts
+    skip = outlier_masks(counts, out, valid) if (tally.active or rings is not None or whole_frame) else None
+    tally.add(counts, valid, out, skip)  # before the flux correction, as predict_stack counts
     sparse: list[int] = []
     if rings is None and whole_frame:  # frames too sparse for their own factor: the client scales them
-        sparse = [j for j in range(k) if is_sparse(counts[j], out[j], valid[j])]
+        sparse = [j for j in range(k) if is_sparse(counts[j], out[j], valid[j], skip[j])]
     if rings is not None or whole_frame:
-        correct_profile(out, counts, valid, rings, inf, whole_frame)  # leaves the sparse frames as they are
+        correct_profile(out, counts, valid, rings, inf, whole_frame, exclude=skip)  # sparse frames left as they are
     return c0, out, valid, (tally.raw, tally.den, tally.pixels), sparse
 
 

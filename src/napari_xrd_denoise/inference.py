@@ -221,13 +221,24 @@ def model_frames(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> 
     return denoise
 
 
-def is_sparse(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray) -> bool:
+def is_sparse(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray, exclude: np.ndarray | None = None) -> bool:
     """Whether a frame holds under ``MIN_FRAME_COUNTS`` counts (valid pixels, unmasked hot pixels left
-    out), so that :func:`keep_frame_counts` scales it by the scan's shared factor."""
+    out: ``exclude``, else :func:`flux_outliers`), so that :func:`keep_frame_counts` scales it by the
+    scan's shared factor."""
     d = np.asarray(denoised)
     t = np.asarray(valid, dtype=bool) & np.isfinite(d)
-    t &= ~flux_outliers(counts, d, t)
+    t &= ~(flux_outliers(counts, d, t) if exclude is None else exclude)
     return float(np.sum(np.asarray(counts, dtype=np.float64)[t])) < MIN_FRAME_COUNTS
+
+
+def outlier_masks(counts: np.ndarray, out: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """:func:`flux_outliers` of each frame of a chunk (the network's output, before any correction), made
+    once for the count tally and the flux correction."""
+    v = np.asarray(valid, dtype=bool)
+    if v.shape != np.shape(out):
+        v = np.broadcast_to(v, np.shape(out))
+    return np.stack([flux_outliers(counts[j], out[j], v[j]) for j in range(np.shape(out)[0])]) if len(out) else \
+        np.zeros(np.shape(out), dtype=bool)
 
 
 class _Once:
@@ -263,14 +274,15 @@ class CountsTally:
         self.den = 0.0
         self.pixels = 0
 
-    def add(self, counts: np.ndarray, valid: np.ndarray, out: np.ndarray) -> None:
+    def add(self, counts: np.ndarray, valid: np.ndarray, out: np.ndarray, exclude: np.ndarray | None = None) -> None:
+        """Add a chunk's totals; ``exclude``: its :func:`outlier_masks`, when already made."""
         if not self.active:
             return
         v = np.asarray(valid, dtype=bool) & np.isfinite(out)
         c = np.asarray(counts, dtype=np.float64)
         d = np.asarray(out, dtype=np.float64)
-        for j in range(c.shape[0]):  # hot pixels (which a denoiser rightly removes, or repeats) left out
-            v[j] &= ~flux_outliers(c[j], d[j], v[j])
+        # hot pixels (which a denoiser rightly removes, or repeats) left out
+        v &= ~(outlier_masks(counts, out, valid) if exclude is None else exclude)
         self.raw += float(np.sum(c[v]))
         self.den += float(np.sum(d[v]))
         self.pixels += int(v.sum())
@@ -312,7 +324,8 @@ def flux_provenance(rings: np.ndarray | None, infer: InferConfig, whole_frame: b
 
 def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, rings: np.ndarray | None,
                     infer: InferConfig, whole_frame: bool = False,
-                    sparse_factor: float | Callable[[], float | None] | None = None) -> np.ndarray:
+                    sparse_factor: float | Callable[[], float | None] | None = None,
+                    exclude: np.ndarray | None = None) -> np.ndarray:
     """Apply the flux correction along the rings (or, with ``whole_frame`` and no rings, over each whole
     frame) to a chunk of denoised frames (in place). ``sparse_factor`` (a number, or a function that
     gives it when first needed: :func:`sample_flux_factor`) scales the frames too sparse to fix their own
@@ -323,7 +336,8 @@ def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, ring
 
     window = int(infer.profile_window)
     for j in range(out.shape[0]):
-        skip = flux_outliers(counts[j], out[j], valid[j])  # unmasked hot pixels set no scale
+        # unmasked hot pixels set no scale (``exclude``: outlier_masks of this chunk, when already made)
+        skip = flux_outliers(counts[j], out[j], valid[j]) if exclude is None else exclude[j]
         if rings is not None:
             out[j] = preserve_profile(out[j], counts[j], valid[j], rings, window=window, exclude=skip)
             continue
@@ -441,8 +455,9 @@ def predict_stack(
                 b1 = min(c1, b0 + bs)
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
-            tally.add(counts, valid, out)  # the network's own output: a flux correction can hide a failure
-            correct_profile(out, counts, valid, rings, inf, whole, sparse_factor=sparse)
+            skip = outlier_masks(counts, out, valid) if (tally.active or rings is not None or whole) else None
+            tally.add(counts, valid, out, skip)  # the network's own output: a flux correction can hide a failure
+            correct_profile(out, counts, valid, rings, inf, whole, sparse_factor=sparse, exclude=skip)
             if writer is not None:
                 writer.write(c0, out, valid)
             else:

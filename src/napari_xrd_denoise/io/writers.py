@@ -134,6 +134,9 @@ class ResultWriter:
             raise
         except (OSError, RuntimeError) as e:
             self._fail(e)
+        except BaseException:
+            self.abort()  # no part and no lock left behind
+            raise
 
     # --- creation / resume -----------------------------------------------------------------------
     def _chunks(self) -> tuple[int, ...]:
@@ -488,13 +491,25 @@ class ResultWriter:
             f = open(lp, "a+")
         except OSError:
             return  # an unwritable folder fails with its own message when the output is created
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for _ in range(5):
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise XRDError(f"{self.path}: another run is writing this output now ({lp.name} is locked); wait "
+                               "for it to finish or choose another output") from None
+            try:  # still the file at the lock's path? (a finishing run removes it: then lock the new one)
+                same = os.fstat(f.fileno()).st_ino == os.stat(lp).st_ino
+            except OSError:
+                same = False
+            if same:
+                self._lockf = f
+                return
             f.close()
-            raise XRDError(f"{self.path}: another run is writing this output now ({lp.name} is locked); wait for "
-                           "it to finish or choose another output") from None
-        self._lockf = f
+            try:
+                f = open(lp, "a+")
+            except OSError:
+                return
 
     def _unlock(self) -> None:
         f, self._lockf = self._lockf, None

@@ -135,23 +135,25 @@ def flux_outliers(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray,
     """Valid pixels of one frame that a flux correction's totals must leave out: counts that are not
     the signal whose level the correction restores.
 
-    - isolated spikes: more than ``factor`` times the median of the pixel's valid 8 neighbours (floor 1
-      count), e.g. an unmasked hot pixel or a zinger, whether or not the denoiser reproduced it (a
-      reproduced hot pixel of 1e6 counts would otherwise set the scale of a whole frame or ring);
+    - isolated spikes: more than ``factor`` times the second-largest of the pixel's valid 8 neighbours
+      (floor 1 count), e.g. an unmasked hot pixel (or a pair of them) or a zinger, whether or not the
+      denoiser reproduced it (a reproduced hot pixel of 1e6 counts would otherwise set the scale of a
+      whole frame or ring). A pixel with two bright neighbours (a compact Bragg spot, a one-pixel-wide
+      ring) is no spike;
     - counts no estimate near them explains: more than ``100 + factor * denoised`` (hot spots the
       denoiser removed, whose counts the correction would spread over the frame or ring).
 
     ``counts``, ``denoised``, ``valid``: arrays of one frame's shape (any number of dimensions; spikes are
     looked for in 2D frames only). Returns a boolean mask, False outside ``valid``.
     """
-    c = np.asarray(counts, dtype=np.float64)
-    d = np.asarray(denoised, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float32)
+    d = np.asarray(denoised, dtype=np.float32)
     v = np.asarray(valid, dtype=bool) & np.isfinite(c) & np.isfinite(d)
     out = v & (c > 100.0 + factor * np.maximum(d, 0.0))
     if c.ndim != 2:
         return out
     cand = v & ~out & (c > factor)  # a spike exceeds factor * (floor 1) ...
-    if cand.any():  # ... and factor * its smallest valid neighbour (which is at most their median)
+    if cand.any():  # ... and factor * its smallest valid neighbour (at most the second-largest)
         H, W = c.shape
         pad = np.full((H + 2, W + 2), np.inf, dtype=np.float32)
         pad[1:-1, 1:-1] = np.where(v, c, np.inf)
@@ -165,7 +167,7 @@ def flux_outliers(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray,
     if ys.size == 0:
         return out
     H, W = c.shape
-    nb = np.full((ys.size, 8), np.nan)
+    nb = np.full((ys.size, 8), -np.inf, dtype=np.float32)  # invalid or outside: never a bright neighbour
     k = 0
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -175,12 +177,12 @@ def flux_outliers(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray,
             inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
             yi, xi = np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)
             ok = inside & v[yi, xi]
-            nb[:, k] = np.where(ok, c[yi, xi], np.nan)
+            nb[:, k] = np.where(ok, c[yi, xi], -np.inf)
             k += 1
-    has = np.isfinite(nb).any(axis=1)
-    med = np.full(ys.size, np.inf)  # no valid neighbour: no evidence of a spike
-    if has.any():
-        med[has] = np.nanmedian(nb[has], axis=1)
-    spike = c[ys, xs] > factor * np.maximum(med, 1.0)
+    nb.sort(axis=1)
+    second = nb[:, -2]
+    # fewer than two valid neighbours: the one there is (none: no evidence of a spike)
+    second = np.where(np.isfinite(second), second, np.where(np.isfinite(nb[:, -1]), nb[:, -1], np.inf))
+    spike = c[ys, xs] > factor * np.maximum(second, 1.0)
     out[ys[spike], xs[spike]] = True
     return out
