@@ -21,8 +21,8 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import math
+import os
 import pickle
 import re
 import threading
@@ -43,18 +43,17 @@ from .inference import (
     borrowed_grid,
     correct_profile,
     data_center,
-    flux_provenance,
     is_sparse,
     model_frames,
     outlier_masks,
+    output_provenance,
     profile_rings,
     sample_flux_factor,
     scale_sparse,
+    warn_notes,
     whole_frame_flux,
 )
 from .methods.base import FrameSource, stack_arrays
-
-_log = logging.getLogger("napari_xrd_denoise")
 
 SHIP_STACK_BYTES = 16 * 2**20  # a non-reopenable stack whose pickle is at most this is sent whole
 CONNECT_TIMEOUT_S = 20.0
@@ -461,7 +460,6 @@ def predict_distributed(
     ``predict_stack``). ``cancel`` stops between chunks and leaves no output. ``center``: the data's beam
     centre, as in ``predict_stack``.
     """
-    from .inference import default_provenance
     from .methods import get_method
 
     if not workers and not scheduler:
@@ -501,18 +499,13 @@ def predict_distributed(
     else:
         from .io.writers import ResultWriter
 
-        prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
-        prov.setdefault("model_sha256", model.fingerprint())  # a resumed output continues only with this model
-        if model_grid is not None:
-            prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
+        prov = output_provenance(model, stack, inf, provenance, rings, whole, model_grid)
         where = f"scheduler {scheduler}" if scheduler else f"local cluster of {int(workers)} worker processes"
         prov["distributed"] = f"dask {where}; frames {'read by the workers' if mode == 'reopen' else 'sent by the client'}"
-        prov["flux_correction"] = flux_provenance(rings, inf, whole)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite,
                               resume=resume)
         start = int(writer.n_done) if resume else 0
-        for note in writer.notes:  # e.g. a .part of another configuration, model or input: started again
-            _log.warning(note)
+        warn_notes(writer.notes)  # e.g. a .part of another configuration, model or input: started again
 
     client = cluster = None
     futures: dict = {}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +50,14 @@ def data_center(model: DenoiserModel, stack: ScanStack,
     return float(mc[0]), float(mc[1])
 
 
+def warn_notes(messages, notes: list[str] | None = None) -> None:
+    """Log each message as a warning and append it to ``notes`` (the result's notes) when given."""
+    for msg in messages:
+        _log.warning(msg)
+        if notes is not None:
+            notes.append(msg)
+
+
 def borrowed_grid(model: DenoiserModel, stack: ScanStack, notes: list[str] | None = None) -> tuple[int, int] | None:
     """A neighbours model applied to a flat stack (no scan grid): the grid it was trained with (from
     ``--scan-shape`` at training) when the frame count fits, said in a warning (and ``notes``); one line
@@ -59,11 +67,8 @@ def borrowed_grid(model: DenoiserModel, stack: ScanStack, notes: list[str] | Non
     from .methods.neighbors import scan_grid
 
     g = scan_grid(model.config, FrameSource(stack, cache_frames=1))
-    msg = (f"{stack.label}: {stack.n_frames} frames without a scan grid; the model's {g[0]}x{g[1]} (from its "
-           "training data) places the neighbours: give --scan-shape if this scan's grid is another")
-    _log.warning(msg)
-    if notes is not None:
-        notes.append(msg)
+    warn_notes([f"{stack.label}: {stack.n_frames} frames without a scan grid; the model's {g[0]}x{g[1]} (from its "
+                "training data) places the neighbours: give --scan-shape if this scan's grid is another"], notes)
     return g
 
 
@@ -117,6 +122,19 @@ def whole_frame_flux(stack: ScanStack, infer: InferConfig, rings: np.ndarray | N
             and np.dtype(stack.dtype).kind in "biu")
 
 
+def frame_totals(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray,
+                 exclude: np.ndarray | None = None) -> tuple[float, float]:
+    """``(counts, denoised)`` totals of one frame over its valid pixels where the estimate is finite,
+    those in ``exclude`` left out (negative estimates count as 0): the totals every flux correction
+    compares."""
+    d = np.asarray(denoised)
+    t = np.asarray(valid, dtype=bool) & np.isfinite(d)
+    if exclude is not None:
+        t &= ~np.asarray(exclude, dtype=bool)
+    return (float(np.sum(np.asarray(counts, dtype=np.float64)[t])),
+            float(np.sum(np.maximum(d[t].astype(np.float64), 0.0))))
+
+
 def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarray,
                       min_counts: float = MIN_FRAME_COUNTS, exclude: np.ndarray | None = None,
                       sparse_factor: float | Callable[[], float | None] | None = None) -> np.ndarray:
@@ -131,9 +149,7 @@ def keep_frame_counts(denoised: np.ndarray, counts: np.ndarray, valid: np.ndarra
     and scaled like the rest."""
     d = np.asarray(denoised)
     v = np.asarray(valid, dtype=bool) & np.isfinite(d)
-    t = v if exclude is None else v & ~np.asarray(exclude, dtype=bool)
-    raw_total = float(np.sum(np.asarray(counts, dtype=np.float64)[t]))
-    den_total = float(np.sum(np.maximum(d[t].astype(np.float64), 0.0)))
+    raw_total, den_total = frame_totals(counts, d, valid, exclude)
     out = np.array(d, dtype=np.float32, copy=True)
     if raw_total < min_counts:
         return scale_sparse(out, valid, sparse_factor)
@@ -166,11 +182,8 @@ def pooled_flux_factor(counts, denoised, valid) -> float | None:
     out: :func:`flux_outliers`), or None when they hold under ``MIN_FRAME_COUNTS`` counts."""
     raw_t = den_t = 0.0
     for c, d, v in zip(counts, denoised, valid):
-        d = np.asarray(d)
-        t = np.asarray(v, dtype=bool) & np.isfinite(d)
-        t &= ~flux_outliers(c, d, t)
-        raw_t += float(np.sum(np.asarray(c, dtype=np.float64)[t]))
-        den_t += float(np.sum(np.maximum(d[t].astype(np.float64), 0.0)))
+        r, e = frame_totals(c, d, v, flux_outliers(c, d, v))
+        raw_t, den_t = raw_t + r, den_t + e
     if raw_t < MIN_FRAME_COUNTS or den_t <= 0:
         return None
     return raw_t / den_t
@@ -225,20 +238,18 @@ def is_sparse(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray, exclu
     """Whether a frame holds under ``MIN_FRAME_COUNTS`` counts (valid pixels, unmasked hot pixels left
     out: ``exclude``, else :func:`flux_outliers`), so that :func:`keep_frame_counts` scales it by the
     scan's shared factor."""
-    d = np.asarray(denoised)
-    t = np.asarray(valid, dtype=bool) & np.isfinite(d)
-    t &= ~(flux_outliers(counts, d, t) if exclude is None else exclude)
-    return float(np.sum(np.asarray(counts, dtype=np.float64)[t])) < MIN_FRAME_COUNTS
+    if exclude is None:
+        exclude = flux_outliers(counts, denoised, valid)
+    return frame_totals(counts, denoised, valid, exclude)[0] < MIN_FRAME_COUNTS
 
 
 def outlier_masks(counts: np.ndarray, out: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """:func:`flux_outliers` of each frame of a chunk (the network's output, before any correction), made
     once for the count tally and the flux correction."""
-    v = np.asarray(valid, dtype=bool)
-    if v.shape != np.shape(out):
-        v = np.broadcast_to(v, np.shape(out))
-    return np.stack([flux_outliers(counts[j], out[j], v[j]) for j in range(np.shape(out)[0])]) if len(out) else \
-        np.zeros(np.shape(out), dtype=bool)
+    v = np.broadcast_to(np.asarray(valid, dtype=bool), np.shape(out))
+    if not len(out):
+        return np.zeros(np.shape(out), dtype=bool)
+    return np.stack([flux_outliers(counts[j], out[j], v[j]) for j in range(len(out))])
 
 
 class _Once:
@@ -296,9 +307,7 @@ class CountsTally:
         """Log :meth:`message` as a warning (and append it to ``notes``) when there is one."""
         msg = self.message()
         if msg is not None:
-            _log.warning(msg)
-            if notes is not None:
-                notes.append(msg)
+            warn_notes([msg], notes)
 
     def message(self) -> str | None:
         if not self.active or self.raw < self.MIN_TOTAL or not self.pixels:
@@ -343,6 +352,19 @@ def correct_profile(out: np.ndarray, counts: np.ndarray, valid: np.ndarray, ring
             continue
         out[j] = keep_frame_counts(out[j], counts[j], valid[j], exclude=skip, sparse_factor=sparse_factor)
     return out
+
+
+def output_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfig, provenance: dict | None,
+                      rings: np.ndarray | None, whole_frame: bool, model_grid: tuple[int, int] | None) -> dict:
+    """The provenance an output of ``predict_stack`` or the dask path records: ``provenance`` (else
+    :func:`default_provenance`), the model's fingerprint (a resumed output continues only with this
+    model), the flux correction and, where a flat file borrowed it, the model's scan grid."""
+    prov = dict(provenance) if provenance is not None else default_provenance(model, stack, infer)
+    prov.setdefault("model_sha256", model.fingerprint())
+    prov["flux_correction"] = flux_provenance(rings, infer, whole_frame)
+    if model_grid is not None:
+        prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
+    return prov
 
 
 def default_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfig) -> dict:
@@ -424,17 +446,10 @@ def predict_stack(
     else:
         from .io.writers import ResultWriter
 
-        prov = dict(provenance) if provenance is not None else default_provenance(model, stack, inf)
-        prov.setdefault("model_sha256", model.fingerprint())  # a resumed output continues only with this model
-        prov["flux_correction"] = flux_provenance(rings, inf, whole)
-        if model_grid is not None:
-            prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
+        prov = output_provenance(model, stack, inf, provenance, rings, whole, model_grid)
         writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
         start = int(writer.n_done) if resume else 0
-        for note in writer.notes:  # e.g. a .part of another configuration, model or input: started again
-            _log.warning(note)
-            if notes is not None:
-                notes.append(note)
+        warn_notes(writer.notes, notes)  # e.g. a .part of another configuration, model or input: started again
         if writer.resumed:
             _log.info(f"resuming {Path(output).name}: {start} of {n} frames already written")
     done = start

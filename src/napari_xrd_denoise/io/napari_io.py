@@ -122,12 +122,16 @@ def _limits(stack: ScanStack) -> list[float]:
     return [lo, hi] if hi > lo else [lo, lo + 1.0]
 
 
-def _same_data(data: Any, stack: ScanStack) -> bool:
-    """Whether a layer still shows the stack's own array (not data put into the layer afterwards)."""
-    if data is stack.data:
-        return True
+def _own_stack(data: Any, metadata: dict | None) -> ScanStack | None:
+    """The stack the reader or the sample data stored in a layer's metadata, while the layer still shows
+    that stack's own array (not data put into the layer afterwards); else None."""
+    st = (metadata or {}).get(STACK_KEY)
+    if not isinstance(st, ScanStack) or st.shape != tuple(getattr(data, "shape", ())):
+        return None
+    if data is st.data:
+        return st
     name = getattr(data, "name", None)
-    return isinstance(name, str) and name == getattr(stack.data, "name", None)
+    return st if isinstance(name, str) and name == getattr(st.data, "name", None) else None
 
 
 def layer_stack(data: Any, metadata: dict | None, name: str, *, frame_ndim: int = 2, keep_negatives: bool = False,
@@ -137,8 +141,8 @@ def layer_stack(data: Any, metadata: dict | None, name: str, *, frame_ndim: int 
     the layer still shows that stack's array, else the layer's data as a bare array (edited or replaced
     data are taken as they are). ``saturation`` / ``keep_negatives`` (the user's settings) override the
     stored stack's when given."""
-    st = (metadata or {}).get(STACK_KEY)
-    if isinstance(st, ScanStack) and st.shape == tuple(getattr(data, "shape", ())) and _same_data(data, st):
+    st = _own_stack(data, metadata)
+    if st is not None:
         changes: dict[str, Any] = {}
         if saturation is not None:
             changes["saturation"] = float(saturation)
@@ -177,8 +181,8 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     meta = dict(attributes.get("metadata") or {})
     check_output(Path(path), True, inputs=_layer_inputs(meta))
     valid = None
-    st = meta.get(STACK_KEY)
-    if isinstance(st, ScanStack) and st.shape == tuple(getattr(data, "shape", ())) and _same_data(data, st):
+    st = _own_stack(data, meta)
+    if st is not None:
         whole = st.data.rechunk({a: -1 for a in range(st.data.ndim - st.frame_ndim, st.data.ndim)})
         valid = whole.map_blocks(st.valid, dtype=bool)  # lazily, whole frames, as the frames are written
     if isinstance(meta.get("provenance"), dict):  # a denoised layer of the Predict widget: its full record

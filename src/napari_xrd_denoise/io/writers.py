@@ -353,9 +353,14 @@ class ResultWriter:
             if start != self.n_done:
                 raise ValueError(f"TIFF frames must be written in order: expected frame {self.n_done}, got {start}")
             for i in range(k):
-                meta = {"result_shape": list(self.shape), "frame_ndim": self.frame_ndim,
-                                               "provenance": _json_safe(self.provenance)} if start + i == 0 else None
+                meta = self._tiff_metadata() if start + i == 0 else None
                 self._tw.write(block[i], contiguous=True, photometric="minisblack", metadata=meta)
+
+    def _tiff_metadata(self) -> dict:
+        """What a TIFF output records (first page): its layout, read back by ``readers._open_tiff``, and
+        the provenance."""
+        return {"result_shape": list(self.shape), "frame_ndim": self.frame_ndim,
+                "provenance": _json_safe(self.provenance)}
 
     def _mark(self, a: int, b: int) -> None:
         rs = sorted(self._ranges + [(a, b)])
@@ -405,9 +410,7 @@ class ResultWriter:
                     import tifffile
 
                     self._room(self._buffer.nbytes)
-                    tifffile.imwrite(self.part, self._buffer, photometric="minisblack",
-                                     metadata={"result_shape": list(self.shape), "frame_ndim": self.frame_ndim,
-                                               "provenance": _json_safe(self.provenance)})
+                    tifffile.imwrite(self.part, self._buffer, photometric="minisblack", metadata=self._tiff_metadata())
                     self._buffer = None
                 else:
                     self._tw.close()

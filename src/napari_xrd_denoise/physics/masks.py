@@ -126,7 +126,7 @@ def find_hot_dead(
     return hot, dead & ~hot
 
 
-#: :func:`flux_outliers`: a spike holds more than this many times the median of its valid neighbours
+#: :func:`flux_outliers`: a spike holds more than this many times the second-largest of its valid neighbours
 SPIKE_FACTOR = 50.0
 
 
@@ -153,8 +153,8 @@ def flux_outliers(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray,
     if c.ndim != 2:
         return out
     cand = v & ~out & (c > factor)  # a spike exceeds factor * (floor 1) ...
+    H, W = c.shape
     if cand.any():  # ... and factor * its smallest valid neighbour (at most the second-largest)
-        H, W = c.shape
         pad = np.full((H + 2, W + 2), np.inf, dtype=np.float32)
         pad[1:-1, 1:-1] = np.where(v, c, np.inf)
         low = np.full((H, W), np.inf, dtype=np.float32)
@@ -166,7 +166,6 @@ def flux_outliers(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray,
     ys, xs = np.nonzero(cand)
     if ys.size == 0:
         return out
-    H, W = c.shape
     nb = np.full((ys.size, 8), -np.inf, dtype=np.float32)  # invalid or outside: never a bright neighbour
     k = 0
     for dy in (-1, 0, 1):
