@@ -143,6 +143,26 @@ def test_in_memory_masks_shapes_and_stacks(tmp_path):
     assert xd.Config().replace(scan_shape=3).data.scan_shape == [3]
 
 
+def test_a_second_training_on_the_same_model_file_is_refused(tmp_path):
+    """Two trainings saving one model file wrote one checkpoint in turn (a later --resume continued
+    whichever wrote last) and the file held whichever finished last. While one trains, a second on the
+    same model file is refused in one line; afterwards the file can be trained again."""
+    scan = make_scan(scan_shape=(2, 2), frame_shape=(48, 48), dose="mid", seed=3)
+    path = tmp_path / "m.pt"
+    refused = []
+
+    def second_run(event):
+        if event.kind == "step" and not refused:
+            with pytest.raises(XRDError, match="another training is writing this model now") as e:
+                xd.train(scan.counts, method="n2s", model_path=path, overwrite=True, **FAST)
+            refused.append(str(e.value))
+
+    xd.train(scan.counts, method="n2s", model_path=path, callback=second_run, **FAST)
+    assert refused and "\n" not in refused[0] and str(path) in refused[0]
+    assert path.exists() and not (tmp_path / "m.pt.lock").exists()
+    xd.train(scan.counts, method="n2s", model_path=path, overwrite=True, **FAST)
+
+
 def test_a_config_given_where_the_output_goes_is_one_line():
     """denoise(source, output, config): a Config passed second is an error naming the output and
     config=, not a traceback from inside the writer."""

@@ -192,7 +192,7 @@ def test_resume_continues_an_interrupted_output(tmp_path):
     marker = mem[:2] + 1000.0
     w.write(0, marker, ~np.isnan(mem[:2]))
     w._mm = None  # a killed run: no close(), no abort(); the OS drops its lock
-    w._lockf.close()
+    w._lockf._f.close()  # the process died: its file descriptors closed, the lock file left
     w._lockf = None
     assert writers.part_path(out).exists() and not out.exists()
     calls = []

@@ -127,7 +127,7 @@ def test_resume_reopens_part(tmp_path, suffix):
         if writer._h5 is not None:
             writer._h5.close()
         writer._mm = None
-        writer._lockf.close()  # the lock file stays behind, unlocked
+        writer._lockf._f.close()  # the lock file stays behind, unlocked
         writer._lockf = None
 
     killed(w)

@@ -6,6 +6,7 @@ and/or keyword overrides (``epochs=5``, ``method="n2s"``, ``train__lr=1e-3``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 from . import __version__
 from .config import Config
 from .errors import XRDError
+from .io.atomic import RunLock
 from .io.stack import ScanStack
 
 
@@ -228,12 +230,18 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
         check_output(Path(model_path), overwrite, inputs=(*stack.input_files, ref_src, *_read_files(cfg)))
         if checkpoint is None:
             checkpoint = Path(str(model_path) + ".ckpt")
-    trainer = Trainer(
-        cfg, stack, callback=callback, reference=ref, init_model=init, checkpoint=checkpoint, resume=resume
-    )
-    model = trainer.run()
-    if model_path is not None:
-        model.save(model_path)
+    target = model_path if model_path is not None else checkpoint
+    # one training at a time per model file: two wrote one checkpoint in turn, and --resume continued
+    # whichever wrote last
+    lock = contextlib.nullcontext() if target is None else RunLock(
+        Path(str(target) + ".lock"), Path(target), "another training is writing this model now")
+    with lock:
+        trainer = Trainer(
+            cfg, stack, callback=callback, reference=ref, init_model=init, checkpoint=checkpoint, resume=resume
+        )
+        model = trainer.run()
+        if model_path is not None:
+            model.save(model_path)
     return model
 
 

@@ -74,3 +74,55 @@ def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> Path:
     with atomic_path(Path(path), overwrite=overwrite) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+class RunLock:
+    """An exclusive lock on ``lock_path`` for as long as one run writes ``target``; a second run on the
+    same target is refused in one line. The lock dies with the process (kill -9 included) and a stale
+    lock file is taken over. Without POSIX locks (Windows) there is no check."""
+
+    def __init__(self, lock_path: Path, target: Path, busy: str = "another run is writing this output now"):
+        self.lock_path, self.target, self.busy = Path(lock_path), Path(target), busy
+        self._f = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        lp = self.lock_path
+        for _ in range(5):
+            try:
+                f = open(lp, "a+")
+            except OSError:
+                return self  # an unwritable folder fails with its own message when the target is written
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise XRDError(f"{self.target}: {self.busy} ({lp.name} is locked); wait for it to finish or "
+                               "choose another output") from None
+            try:  # still the file at the lock's path? (a finishing run removes it: then lock the new one)
+                same = os.fstat(f.fileno()).st_ino == os.stat(lp).st_ino
+            except OSError:
+                same = False
+            if same:
+                self._f = f
+                return self
+            f.close()
+        return self
+
+    def release(self) -> None:
+        f, self._f = self._f, None
+        if f is None:
+            return
+        with contextlib.suppress(OSError):
+            self.lock_path.unlink()
+        with contextlib.suppress(OSError):
+            f.close()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import XRDError
-from .atomic import atomic_write_text, check_output
+from .atomic import RunLock, atomic_write_text, check_output
 
 H5_SUFFIXES = {".h5", ".hdf5", ".nxs", ".nx5", ".hdf"}
 NPY_SUFFIXES = {".npy"}
@@ -481,47 +481,14 @@ class ResultWriter:
         return self.part.with_name(self.part.name + ".lock")
 
     def _lock(self) -> None:
-        """Hold an exclusive lock on ``<output>.part.lock`` while this writer runs: a second run writing
-        the same output is refused in one line (two runs on one ``.part`` left a half-written file under
-        the output's name). The lock dies with the process (kill -9 included); a stale lock file is
-        taken over. Without POSIX locks (Windows) there is no check."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        lp = self._lock_path()
-        try:
-            f = open(lp, "a+")
-        except OSError:
-            return  # an unwritable folder fails with its own message when the output is created
-        for _ in range(5):
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise XRDError(f"{self.path}: another run is writing this output now ({lp.name} is locked); wait "
-                               "for it to finish or choose another output") from None
-            try:  # still the file at the lock's path? (a finishing run removes it: then lock the new one)
-                same = os.fstat(f.fileno()).st_ino == os.stat(lp).st_ino
-            except OSError:
-                same = False
-            if same:
-                self._lockf = f
-                return
-            f.close()
-            try:
-                f = open(lp, "a+")
-            except OSError:
-                return
+        """One run at a time per output: two runs on one ``.part`` left a half-written file under the
+        output's name."""
+        self._lockf = RunLock(self._lock_path(), self.path).acquire()
 
     def _unlock(self) -> None:
         f, self._lockf = self._lockf, None
-        if f is None:
-            return
-        with contextlib.suppress(OSError):
-            self._lock_path().unlink()
-        with contextlib.suppress(OSError):
-            f.close()
+        if f is not None:
+            f.release()
 
     def _remove_part(self) -> None:
         for p in (self.part, self._state_path(), self._state_path().with_suffix(".tmp")):
