@@ -76,7 +76,7 @@ class Settings:
     budget_s: float  # training time per method and data set
     real_frames: tuple[int, ...]
     real_cols: tuple[int, int] | None  # crop of the LaB6 frames (None: whole 195x1475)
-    real_budget_s: float  # real scans (LaB6, Merlin) and the Merlin scan's simulated twins
+    real_budget_s: float
     stem: bool
     xrf_budget_s: float
     speed_frames: int
@@ -773,7 +773,7 @@ def stem_twin_suite(st: Settings, device: str, progress, draw: int) -> Suite | N
     a, ref, var_ref, stack = merlin_thinned(full, valid, f"Merlin twin {draw}")
     truth = lam * STEM_P
     results = _project_results(stack, [m for m in _methods_for(stack, False, True) if m.lstrip("!") in
-                                       ("n2s", "neighbors")], st.real_budget_s, device, st, progress)
+                                       ("n2s", "neighbors")], st.budget_s, device, st, progress)
     results += [r for r in run_baselines(a, valid, truth, bm3d=st.name != "tiny") if r.name != "median 3x3"]
     for r in results:
         r.note = r.note.replace("chosen on the reference", "chosen on the truth")
@@ -811,7 +811,7 @@ def real_stem_suite(st: Settings, device: str, progress) -> Suite | None:
     rho_sim = adjacent_correlation(np.random.default_rng(0).poisson(np.broadcast_to(lam, raw.shape)), valid)
     results = _project_results(stack, [m for m in _methods_for(stack, False, True) if m.lstrip("!") in
                                        ("n2s", "n2n-split", "neighbors", VARIANTS["neighbors"][0])],
-                               st.real_budget_s, device, st, progress)
+                               st.budget_s, device, st, progress)
     results += run_baselines(a, valid, ref, bm3d=st.name != "tiny")
     s = Suite("real-stem", "Real 4D-STEM scan (Merlin, 2x4 positions) thinned to 25 %",
               f"8 frames of 256x256 6-bit counts (saturated pixels invalid) from a 2x4 scan, thinned to "
@@ -1349,7 +1349,7 @@ def write_markdown(path: Path, command: str, st: Settings, info: dict, suites: l
          f"- machine: {info['cpu']}, {info['cores']} cores" + (f", {info['memory_gib']} GiB RAM" if "memory_gib" in info else "")
          + (f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"),
          f"- software: Python {info['python']}, torch {info['torch']}, {info['os']}; torch threads {info['threads']}; CPU training precision: {info.get('cpu_amp', 'float32')}",
-         f"- settings: training budget {st.budget_s:g} s per method (synthetic), {st.real_budget_s:g} s (the real LaB6 and Merlin scans and the Merlin scan's simulated twins), "
+         f"- settings: training budget {st.budget_s:g} s per method (synthetic), {st.real_budget_s:g} s (real LaB6), "
          f"{st.xrf_budget_s:g} s (XRF); patch {st.patch}, batch 8; the same budget for the careamics peer",
          f"- wall time of this run: {elapsed / 60:.1f} min; CPU load average (1 min) at start "
          f"{info.get('load_start', '-')}, at end {_load()} (timings are only comparable on an otherwise idle "
