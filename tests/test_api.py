@@ -143,24 +143,33 @@ def test_in_memory_masks_shapes_and_stacks(tmp_path):
     assert xd.Config().replace(scan_shape=3).data.scan_shape == [3]
 
 
-def test_a_second_training_on_the_same_model_file_is_refused(tmp_path):
+@pytest.mark.parametrize("refined", [False, True])
+def test_a_second_training_on_the_same_model_file_is_refused(tmp_path, refined):
     """Two trainings saving one model file wrote one checkpoint in turn (a later --resume continued
-    whichever wrote last) and the file held whichever finished last. While one trains, a second on the
-    same model file is refused in one line; afterwards the file can be trained again."""
+    whichever wrote last) and the file held whichever finished last. While one trains (train, or denoise
+    with refinement cycles), a second on the same model file is refused in one line; afterwards the file
+    can be trained again."""
     scan = make_scan(scan_shape=(2, 2), frame_shape=(48, 48), dose="mid", seed=3)
     path = tmp_path / "m.pt"
     refused = []
 
+    def run(callback=None, overwrite=False):
+        if refined:
+            return xd.denoise(scan.counts, method="neighbors", cycles=2, model_path=path, callback=callback,
+                              overwrite=overwrite, **FAST)
+        return xd.train(scan.counts, method="n2s", model_path=path, callback=callback, overwrite=overwrite,
+                        **FAST)
+
     def second_run(event):
         if event.kind == "step" and not refused:
             with pytest.raises(XRDError, match="another training is writing this model now") as e:
-                xd.train(scan.counts, method="n2s", model_path=path, overwrite=True, **FAST)
+                run(overwrite=True)
             refused.append(str(e.value))
 
-    xd.train(scan.counts, method="n2s", model_path=path, callback=second_run, **FAST)
+    run(second_run)
     assert refused and "\n" not in refused[0] and str(path) in refused[0]
     assert path.exists() and not (tmp_path / "m.pt.lock").exists()
-    xd.train(scan.counts, method="n2s", model_path=path, overwrite=True, **FAST)
+    run(overwrite=True)
 
 
 def test_a_config_given_where_the_output_goes_is_one_line():

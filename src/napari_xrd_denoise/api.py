@@ -198,6 +198,15 @@ def train(
     )
 
 
+def _model_lock(target):
+    """One training at a time per model file (``MODEL.lock``): two trainings of one file wrote one
+    checkpoint in turn, so --resume continued whichever wrote last, and the file held whichever finished
+    last. No lock without a file."""
+    if target is None:
+        return contextlib.nullcontext()
+    return RunLock(Path(str(target) + ".lock"), Path(target), "another training is writing this model now")
+
+
 def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=None, init_model=None,
                     checkpoint=None, resume=False, overwrite=False):
     from .methods import resolve_auto
@@ -230,12 +239,7 @@ def _train_on_stack(stack, cfg, *, model_path=None, callback=None, reference=Non
         check_output(Path(model_path), overwrite, inputs=(*stack.input_files, ref_src, *_read_files(cfg)))
         if checkpoint is None:
             checkpoint = Path(str(model_path) + ".ckpt")
-    target = model_path if model_path is not None else checkpoint
-    # one training at a time per model file: two wrote one checkpoint in turn, and --resume continued
-    # whichever wrote last
-    lock = contextlib.nullcontext() if target is None else RunLock(
-        Path(str(target) + ".lock"), Path(target), "another training is writing this model now")
-    with lock:
+    with _model_lock(model_path if model_path is not None else checkpoint):
         trainer = Trainer(
             cfg, stack, callback=callback, reference=ref, init_model=init, checkpoint=checkpoint, resume=resume
         )
@@ -419,13 +423,14 @@ def _denoise_refined(stack: ScanStack, cfg: Config, output, *, callback=None, ov
     from .io.writers import write_array
     from .refine import Refiner
 
-    res = Refiner(cfg, stack, callback=callback).run()
+    with _model_lock(model_path):
+        res = Refiner(cfg, stack, callback=callback).run()
+        if model_path is not None:
+            mp = Path(model_path)
+            for c, m in enumerate(res.models, start=1):
+                m.save(mp.with_name(f"{mp.name}.cycle{c}.pt"))
+            res.models[-1].save(mp)
     flux = _refined_flux_correction(res, stack, cfg)
-    if model_path is not None:
-        mp = Path(model_path)
-        for c, m in enumerate(res.models, start=1):
-            m.save(mp.with_name(f"{mp.name}.cycle{c}.pt"))
-        res.models[-1].save(mp)
     if output is None:
         return res.denoised
     valid = np.isfinite(res.denoised)
