@@ -41,11 +41,11 @@ from .inference import (
     CountsTally,
     _Once,
     borrowed_grid,
+    chunk_outliers,
     correct_profile,
     data_center,
     is_sparse,
     model_frames,
-    outlier_masks,
     output_provenance,
     profile_rings,
     sample_flux_factor,
@@ -329,7 +329,7 @@ def denoise_chunk(
     counts = np.stack([source.get(c0 + i)[0] for i in range(k)])
     valid = np.asarray(valid, dtype=bool)
     tally = CountsTally(stack)
-    skip = outlier_masks(counts, out, valid) if (tally.active or rings is not None or whole_frame) else None
+    skip = chunk_outliers(counts, out, valid, tally, rings, whole_frame)
     tally.add(counts, valid, out, skip)  # before the flux correction, as predict_stack counts
     sparse: list[int] = []
     if rings is None and whole_frame:  # frames too sparse for their own factor: the client scales them

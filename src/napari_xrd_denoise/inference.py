@@ -72,13 +72,17 @@ def borrowed_grid(model: DenoiserModel, stack: ScanStack, notes: list[str] | Non
     return g
 
 
+#: why the flux correction along the rings cannot be made for 2D frames
+NO_RINGS = "--preserve-profile needs a geometry (--poni) or a beam centre (--center)"
+
+
 def check_profile_possible(stack: ScanStack, center=None) -> None:
     """One-line error when the flux correction along the rings (``--preserve-profile``) cannot be made:
     spectra, or 2D frames with neither a geometry nor a beam centre (given, or the data's own)."""
     if stack.frame_ndim != 2:
         raise XRDError("--preserve-profile applies to 2D frames (azimuthal profiles), not spectra")
     if stack.geometry is None and center is None and stack.beam_center is None:
-        raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+        raise XRDError(NO_RINGS)
 
 
 def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
@@ -102,8 +106,8 @@ def profile_rings(model: DenoiserModel, stack: ScanStack, infer: InferConfig,
     if not known:
         if want is None:
             return None
-        check_profile_possible(stack, center)
-        raise XRDError("--preserve-profile needs a geometry (--poni) or a beam centre (--center)")
+        check_profile_possible(stack, center)  # raises: spectra, or no geometry and no centre
+        raise XRDError(NO_RINGS)
     src = "the PONI geometry" if stack.geometry is not None else f"the beam centre ({center[0]:.1f}, {center[1]:.1f})"
     _log.info(f"flux correction along the rings from {src}, windows of {int(infer.profile_window)} one-pixel "
               "rings" + (" (on by default; --no-preserve-profile turns it off)" if want is None else ""))
@@ -243,6 +247,14 @@ def is_sparse(counts: np.ndarray, denoised: np.ndarray, valid: np.ndarray, exclu
     return frame_totals(counts, denoised, valid, exclude)[0] < MIN_FRAME_COUNTS
 
 
+def chunk_outliers(counts: np.ndarray, out: np.ndarray, valid: np.ndarray, tally: CountsTally,
+                   rings: np.ndarray | None, whole_frame: bool) -> np.ndarray | None:
+    """A chunk's :func:`outlier_masks` when the count tally or a flux correction uses them, else None."""
+    if tally.active or rings is not None or whole_frame:
+        return outlier_masks(counts, out, valid)
+    return None
+
+
 def outlier_masks(counts: np.ndarray, out: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """:func:`flux_outliers` of each frame of a chunk (the network's output, before any correction), made
     once for the count tally and the flux correction."""
@@ -360,7 +372,8 @@ def output_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfig
     :func:`default_provenance`), the model's fingerprint (a resumed output continues only with this
     model), the flux correction and, where a flat file borrowed it, the model's scan grid."""
     prov = dict(provenance) if provenance is not None else default_provenance(model, stack, infer)
-    prov.setdefault("model_sha256", model.fingerprint())
+    if "model_sha256" not in prov:  # default_provenance has it already: the weights are hashed once
+        prov["model_sha256"] = model.fingerprint()
     prov["flux_correction"] = flux_provenance(rings, infer, whole_frame)
     if model_grid is not None:
         prov["scan_grid"] = f"{model_grid[0]}x{model_grid[1]} (the model's, from its training data)"
@@ -470,7 +483,7 @@ def predict_stack(
                 b1 = min(c1, b0 + bs)
                 batch = stack_arrays([method.load_infer(i, source) for i in range(b0, b1)])
                 out[b0 - c0 : b1 - c0] = method.denoise(run, batch, inf)
-            skip = outlier_masks(counts, out, valid) if (tally.active or rings is not None or whole) else None
+            skip = chunk_outliers(counts, out, valid, tally, rings, whole)
             tally.add(counts, valid, out, skip)  # the network's own output: a flux correction can hide a failure
             correct_profile(out, counts, valid, rings, inf, whole, sparse_factor=sparse, exclude=skip)
             if writer is not None:
