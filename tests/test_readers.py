@@ -485,6 +485,25 @@ def test_scan_shape(master3):
         open_stack(m, scan_shape=(5, 3))
 
 
+def test_scan_grid_from_the_files_scan_shape_attribute(tmp_path):
+    """A flat stack whose NXdata group declares scan_shape (the synthetic Eiger files do) opens on that
+    grid, external data files or not; an attribute that does not fit the frame count is ignored."""
+    from napari_xrd_denoise.synthetic import make_scan, write_scan
+
+    scan = make_scan(scan_shape=(2, 3), frame_shape=(32, 32), dose="mid", seed=2)
+    for name, external in (("ext_master.h5", True), ("one.h5", False)):
+        s = open_stack(write_scan(tmp_path / name, scan, external=external, frames_per_file=4))
+        assert s.scan_shape == (2, 3), name
+        assert any("scan shape 2x3" in n for n in s.notes)
+        np.testing.assert_array_equal(np.asarray(s.frame(4)), scan.counts[1, 1])
+        assert open_stack(tmp_path / name, scan_shape=(3, 2)).scan_shape == (3, 2)
+    with h5py.File(tmp_path / "bad.h5", "w") as fh:
+        g = fh.create_group("entry/data")
+        g.create_dataset("data", data=np.ones((6, 16, 16), np.uint16))
+        g.attrs["scan_shape"] = np.array([4, 2])
+    assert open_stack(tmp_path / "bad.h5").scan_shape == (6,)
+
+
 def _write_spe(path, frames, code=3, footer=b""):
     """A Princeton SPE file as cameras write it: 4100-byte header, the frames, an optional XML footer."""
     n, h, w = frames.shape

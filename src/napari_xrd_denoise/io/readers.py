@@ -667,6 +667,13 @@ def _open_hdf5(path: Path, dataset: str | None, ndim: int | None) -> dict[str, A
     frame_ndim = _frame_ndim_for(total if len(resolved) > 1 else tuple(first.shape), ndim)
     arrays = [_h5_array(fp, dp, ds, frame_ndim) for fp, dp, ds in resolved]
     data = da.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+    grid_note = None
+    if data.ndim == frame_ndim + 1:
+        holders = [f[links_group]] if links_group is not None else [first, first.parent]
+        grid = _h5_scan_shape(holders, data.shape[0])
+        if grid is not None:
+            data = data.reshape(grid + tuple(data.shape[1:]))
+            grid_note = f"scan shape {'x'.join(map(str, grid))} from the file's scan_shape attribute"
     external = [fp for fp, _, _ in resolved if fp != str(path.resolve())]
     if external:
         fmt = "hdf5-master"
@@ -675,6 +682,8 @@ def _open_hdf5(path: Path, dataset: str | None, ndim: int | None) -> dict[str, A
     else:
         fmt = "hdf5"
     out: dict[str, Any] = {"data": data, "format": fmt, "dataset": dpath, "notes": [], "frame_ndim": frame_ndim}
+    if grid_note:
+        out["notes"].append(grid_note)
     if external:
         out["notes"].append("data files: " + ", ".join(Path(p).name for p in external))
         out["files"] = tuple(str(p) for p in external)
@@ -722,6 +731,23 @@ def _open_hdf5(path: Path, dataset: str | None, ndim: int | None) -> dict[str, A
     if hint:
         out["notes"].append(hint)
     return out
+
+
+def _h5_scan_shape(holders: list, n_frames: int) -> tuple[int, ...] | None:
+    """The 2-D scan grid a flat stack of frames declares in a ``scan_shape`` attribute (of the data set
+    or of its NXdata group: rows, columns), when it is two positive integers whose product is the frame
+    count; None otherwise (a wrong attribute is ignored, never trusted)."""
+    for h in holders:
+        raw = h.attrs.get("scan_shape")
+        if raw is None:
+            continue
+        try:
+            grid = tuple(int(v) for v in np.atleast_1d(np.asarray(raw)))
+        except (TypeError, ValueError):
+            continue
+        if len(grid) == 2 and min(grid) > 0 and math.prod(grid) == n_frames and np.asarray(raw).dtype.kind in "iu":
+            return grid
+    return None
 
 
 def _h5_array(fp: str, dp: str, ds: h5py.Dataset, frame_ndim: int) -> da.Array:
