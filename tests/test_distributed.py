@@ -78,7 +78,7 @@ def test_file_stack_is_read_by_the_workers(cluster, files, tmp_path):
     model = _model(files["n2s"])
     stack = open_stack(files["h5"])
     spec = D.reopen_spec(stack)
-    assert spec is not None and spec.scan_shape == (8,)
+    assert spec is not None and spec.scan_shape == (2, 4)  # the grid the file declares
     assert np.array_equal(spec.static_valid, stack.static_valid) and not stack.static_valid.all()
     ref = predict_stack(model, stack, infer=model.config.infer)
     seen = []
@@ -90,7 +90,7 @@ def test_file_stack_is_read_by_the_workers(cluster, files, tmp_path):
         assert "read by the workers" in f["entry/provenance"].attrs["distributed"]
     np.testing.assert_array_equal(data, ref)
     assert np.array_equal(valid, np.isfinite(ref))
-    assert np.isnan(ref[:, ~stack.static_valid]).all()  # gaps stay invalid
+    assert np.isnan(ref.reshape(8, 64, 64)[:, ~stack.static_valid]).all()  # gaps stay invalid
     assert seen[0] == (0, 8) and seen[-1] == (8, 8) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert not (tmp_path / "out.h5.part").exists()
 
@@ -260,7 +260,7 @@ def test_worker_task_in_process_loads_the_model_once(files):
     first = D._MODELS[(key, "cpu")]
     c0b, b, _, _, _ = D.denoise_chunk(key, blob, spec, 3, 6, inf, "cpu", rings=rings)
     assert D._MODELS[(key, "cpu")] is first and len(D._MODELS) == 1
-    ref = predict_stack(model, stack, infer=model.config.infer)
+    ref = predict_stack(model, stack, infer=model.config.infer).reshape(8, 64, 64)  # chunks are flat frames
     assert c0 == c0b == 3
     np.testing.assert_array_equal(a, ref[3:6])
     np.testing.assert_array_equal(a, b)
@@ -296,9 +296,9 @@ def test_worker_applies_the_default_flux_correction_like_the_single_process_path
     assert inf["preserve_profile"] is None  # auto
     rings = D.profile_rings(model, stack, model.config.infer)  # the client's ring map, sent to the workers
     _, got, _, _, _ = D.denoise_chunk(key, blob, D.reopen_spec(stack), 0, 3, inf, "cpu", rings=rings)  # one chunk
-    ref = predict_stack(model, stack, infer=model.config.infer)
+    ref = predict_stack(model, stack, infer=model.config.infer).reshape(8, 64, 64)  # chunks are flat frames
     np.testing.assert_array_equal(got, ref[:3])
-    off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer)
+    off = predict_stack(model, stack, infer=Config().replace(infer__preserve_profile=False).infer).reshape(8, 64, 64)
     assert not np.allclose(np.nan_to_num(off[:3]), np.nan_to_num(ref[:3]))
 
 
