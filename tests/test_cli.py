@@ -56,6 +56,26 @@ def test_info_on_every_real_file(rel, shape, capsys):
     assert shape.replace(" ", "") in out.replace(" ", ""), out
 
 
+def test_info_describes_the_data_as_the_data_options_make_it(tmp_path, capsys):
+    """`info` takes the data options of denoise/train/predict: a crop and a saturation value change what
+    it reports as they change what the denoiser sees; a bad crop is one line naming it."""
+    frames = np.full((2, 40, 50), 5, np.uint16)
+    frames[:, :10, :] = 100  # the top 10 rows are bright: 25 % of the pixels
+    np.save(tmp_path / "f.npy", frames)
+    def info(*opts):
+        code, out, err = run_cli(["info", tmp_path / "f.npy", *opts], capsys)
+        assert code == 0, err
+        return " ".join(out.split())  # the column width follows the longest label
+
+    out = info()
+    assert "frame shape : 40 x 50" in out and "invalid : 0 %" in out, out
+    assert "invalid : 25 % of pixels" in info("--saturation", "50")
+    out = info("--saturation", "50", "--crop", "10,40,0,20")
+    assert "frame shape : 30 x 20" in out and "invalid : 0 %" in out, out
+    code, _, err = run_cli(["info", tmp_path / "f.npy", "--crop", "0,80,0,20"], capsys)
+    assert code == 2 and "crop [0, 80, 0, 20] lies outside" in err and err.count("\n") == 1, err
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     empty = tmp / "empty.h5"
     empty.write_bytes(b"")

@@ -85,7 +85,8 @@ def _crop(text: str) -> list[int]:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="HDF5 dataset path of the detector data (default: found automatically)")
+    g.add_argument("--dataset", help="HDF5 dataset path, npz key or zip member of the detector data (default: found "
+                                     "automatically)")
     g.add_argument("--scan-shape", help="scan grid of a flat stack, e.g. 141x121")
     g.add_argument("--ndim", type=int, choices=(1, 2), help="frame dimensionality: 2 for images, 1 for spectra")
     g.add_argument("--crop", type=_crop, help="Y0,Y1,X0,X1 half-open crop of each frame")
@@ -196,14 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
-    sp = sub.add_parser("info", help="describe a detector file")
+    sp = sub.add_parser("info", help="describe a detector file (as the data options make it: what the denoiser sees)")
     sp.add_argument("input", help="detector file, folder of frames or file pattern")
-    sp.add_argument("--dataset", help="HDF5 dataset path, npz key or zip member (default: found automatically)")
-    sp.add_argument("--scan-shape", help="scan grid of a flat stack, e.g. 141x121")
-    sp.add_argument("--ndim", type=int, choices=(1, 2), help="frame dimensionality: 2 for images, 1 for spectra")
-    sp.add_argument("--poni", help="pyFAI PONI file (geometry, beam centre)")
-    sp.add_argument("--mask", help="mask file (nonzero = excluded)")
-    sp.add_argument("--keep-negatives", action="store_true", help="negative values are data, not invalid")
+    _add_data_options(sp)
     sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
     sp = sub.add_parser("demo", help="denoise the bundled real sample scan and write a PNG comparison")
@@ -366,8 +362,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     shape = parse_shape(args.scan_shape) if args.scan_shape else None
     stack = open_stack(args.input, dataset=args.dataset, scan_shape=shape, ndim=args.ndim, poni=args.poni,
-                       mask=args.mask, keep_negatives=args.keep_negatives)
-    print(format_info(describe(stack)))
+                       mask=args.mask, keep_negatives=bool(args.keep_negatives), saturation=args.saturation)
+    print(format_info(describe(stack.crop(args.crop))))
     return 0
 
 
