@@ -48,9 +48,9 @@ from .inference import (
     model_frames,
     output_provenance,
     profile_rings,
+    result_target,
     sample_flux_factor,
     scale_sparse,
-    warn_notes,
     whole_frame_flux,
 )
 from .methods.base import FrameSource, stack_arrays
@@ -491,21 +491,12 @@ def predict_distributed(
     rings = profile_rings(model, stack, inf, center)  # decided (and refused) here, sent once to every worker
     whole = whole_frame_flux(stack, inf, rings)
 
-    writer = None
-    result = None
-    if output is None:
-        result = np.empty((n,) + stack.frame_shape, dtype=np.float32)
-        start = 0
-    else:
-        from .io.writers import ResultWriter
-
+    prov = None
+    if output is not None:
         prov = output_provenance(model, stack, inf, provenance, rings, whole, model_grid)
         where = f"scheduler {scheduler}" if scheduler else f"local cluster of {int(workers)} worker processes"
         prov["distributed"] = f"dask {where}; frames {'read by the workers' if mode == 'reopen' else 'sent by the client'}"
-        writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite,
-                              resume=resume)
-        start = int(writer.n_done) if resume else 0
-        warn_notes(writer.notes)  # e.g. a .part of another configuration, model or input: started again
+    writer, result, start = result_target(stack, output, prov, overwrite=overwrite, resume=resume)
 
     client = cluster = None
     futures: dict = {}

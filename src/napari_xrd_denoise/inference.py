@@ -399,6 +399,24 @@ def default_provenance(model: DenoiserModel, stack: ScanStack, infer: InferConfi
     }
 
 
+def result_target(stack: ScanStack, output: str | Path | None, provenance: dict | None, *, overwrite: bool,
+                  resume: bool, notes: list[str] | None = None) -> tuple[Any, np.ndarray | None, int]:
+    """Where a prediction's frames go: ``(None, float32 array of the flat frames, 0)`` without ``output``,
+    else ``(ResultWriter, None, first frame to write)`` (past the frames a resumed ``.part`` holds; its
+    notes, such as a ``.part`` of another run started again, are warnings and go into ``notes``)."""
+    if output is None:
+        return None, np.empty((stack.n_frames,) + stack.frame_shape, dtype=np.float32), 0
+    from .io.writers import ResultWriter
+
+    writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=provenance, overwrite=overwrite,
+                          resume=resume)
+    start = int(writer.n_done) if resume else 0
+    warn_notes(writer.notes, notes)
+    if writer.resumed:
+        _log.info(f"resuming {Path(output).name}: {start} of {stack.n_frames} frames already written")
+    return writer, None, start
+
+
 def predict_stack(
     model: DenoiserModel,
     stack: ScanStack,
@@ -451,20 +469,8 @@ def predict_stack(
                   "--no-preserve-profile turns it off)")
     sparse = _Once(lambda: sample_flux_factor(stack, model_frames(model, stack, inf)))  # only if a sparse frame comes
 
-    writer = None
-    result = None
-    if output is None:
-        result = np.empty((n,) + stack.frame_shape, dtype=np.float32)
-        start = 0
-    else:
-        from .io.writers import ResultWriter
-
-        prov = output_provenance(model, stack, inf, provenance, rings, whole, model_grid)
-        writer = ResultWriter(Path(output), stack.shape, stack.frame_ndim, provenance=prov, overwrite=overwrite, resume=resume)
-        start = int(writer.n_done) if resume else 0
-        warn_notes(writer.notes, notes)  # e.g. a .part of another configuration, model or input: started again
-        if writer.resumed:
-            _log.info(f"resuming {Path(output).name}: {start} of {n} frames already written")
+    prov = None if output is None else output_provenance(model, stack, inf, provenance, rings, whole, model_grid)
+    writer, result, start = result_target(stack, output, prov, overwrite=overwrite, resume=resume, notes=notes)
     done = start
     tally = CountsTally(stack)
     try:
