@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QSizePolicy,
@@ -409,6 +410,21 @@ def vbox(widget: QWidget) -> QVBoxLayout:
     lay = QVBoxLayout(body)
     lay.setContentsMargins(4, 12, 4, 4)
     return lay
+
+
+def run_controls(lay, start: QPushButton, stop: QPushButton, status: str) -> tuple[QProgressBar, QLabel]:
+    """Add a long job's controls to ``lay``: Start and Stop side by side (Stop disabled until a run
+    starts), an idle progress bar and a status line; returns the bar and the line."""
+    stop.setEnabled(False)
+    lay.addWidget(row(start, stop))
+    bar = QProgressBar()
+    bar.setRange(0, 1)
+    bar.setValue(0)
+    bar.setFormat("idle")
+    lay.addWidget(bar)
+    label = info_label(status)
+    lay.addWidget(label)
+    return bar, label
 
 
 def info_label(text: str = "") -> QLabel:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QSpinBox, QTableWidget, QTableWidgetItem, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QSpinBox, QTableWidget, QTableWidgetItem, QWidget
 
 from ..config import Config, InferConfig
 from ..errors import Cancelled, XRDError
@@ -27,9 +27,9 @@ from ._common import (
     go_to_frame,
     group,
     guarded,
-    info_label,
     layers_of,
     row,
+    run_controls,
     run_job,
     scan_index,
     spin,
@@ -161,15 +161,7 @@ class PredictWidget(QWidget):
 
         self.run_btn = button("Denoise stack", self.start)
         self.stop_btn = button("Stop", self.stop)
-        self.stop_btn.setEnabled(False)
-        lay.addWidget(row(self.run_btn, self.stop_btn))
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
-        lay.addWidget(self.progress)
-        self.status = info_label("No result yet.")
-        lay.addWidget(self.status)
+        self.progress, self.status = run_controls(lay, self.run_btn, self.stop_btn, "No result yet.")
 
         g, f = group("Compare")
         self.grid_on = QCheckBox("side by side: raw | denoised | residual (linked)")

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QComboBox, QProgressBar, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QWidget
 
 from ..config import METHODS, Config
 from ..errors import Cancelled, XRDError
@@ -23,11 +23,11 @@ from ._common import (
     fmt_seconds,
     group,
     guarded,
-    info_label,
     layers_of,
     robust_limits,
     row,
     run_in_thread,
+    run_controls,
     run_job,
     scan_index,
     set_combo,
@@ -157,15 +157,7 @@ class TrainWidget(QWidget):
 
         self.start_btn = button("Start training", self.start)
         self.stop_btn = button("Stop", self.stop, "Stop now and keep the best model so far")
-        self.stop_btn.setEnabled(False)
-        lay.addWidget(row(self.start_btn, self.stop_btn))
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
-        lay.addWidget(self.progress)
-        self.status = info_label("No model yet.")
-        lay.addWidget(self.status)
+        self.progress, self.status = run_controls(lay, self.start_btn, self.stop_btn, "No model yet.")
         self.plot = PlotCanvas(2.4)
         lay.addWidget(self.plot)
         self._init_plot()
