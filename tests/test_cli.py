@@ -76,6 +76,28 @@ def test_info_describes_the_data_as_the_data_options_make_it(tmp_path, capsys):
     assert code == 2 and "crop [0, 80, 0, 20] lies outside" in err and err.count("\n") == 1, err
 
 
+def test_progress_in_a_log_file_is_plain_lines_with_rate_and_time_left(monkeypatch, capsys):
+    """stderr that is not a terminal (a batch job's log) gets plain lines, not tqdm's carriage returns:
+    the first, then at most one per interval, and the last; each with the rate and the time left."""
+    from napari_xrd_denoise import cli
+
+    clock = iter(float(t) for t in range(0, 1000, 5))  # each call 5 s after the one before
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    p = cli._Progress("denoising", every=12.0)
+    for done in range(0, 101, 10):  # 11 calls over 50 s
+        p(done, 100)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0] == "denoising: 0/100 frames (0 %)", lines
+    assert lines[1] == "denoising: 30/100 frames (30 %), 2 frames/s, 35 s left", lines  # 15 s after the first
+    assert lines[-1] == "denoising: 100/100 frames (100 %), 2 frames/s", lines
+    assert len(lines) == 5, lines  # at 0, 15, 30 and 45 s, and the last (50 s)
+    q = cli._Progress("denoising", quiet=True)
+    q(0, 10), q(10, 10)
+    assert capsys.readouterr().err == ""
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     empty = tmp / "empty.h5"
     empty.write_bytes(b"")

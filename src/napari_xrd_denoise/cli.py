@@ -300,13 +300,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 class _Progress:
-    """Progress lines on stderr: a tqdm bar when available, else plain lines."""
+    """Progress on stderr: a tqdm bar on a terminal; in a log file (stderr not a terminal, as in batch
+    jobs) plain lines, at most one every ``every`` seconds and the last, with the rate and the time left."""
 
     #: bars drawn now, closed before a message ends the command (Ctrl-C), so it stands on its own line
     active: list["_Progress"] = []
 
-    def __init__(self, desc: str, quiet: bool = False):
-        self.desc, self.quiet, self.bar, self._last = desc, quiet, None, 0.0
+    def __init__(self, desc: str, quiet: bool = False, every: float = 10.0):
+        self.desc, self.quiet, self.bar, self.every = desc, quiet, None, float(every)
+        self._t0 = self._last = None
+        self._start = 0
         _Progress.active.append(self)
 
     @classmethod
@@ -321,10 +324,12 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
             return
-        try:
-            from tqdm import tqdm
-        except ImportError:  # pragma: no cover - tqdm is a dependency of our dependencies
-            tqdm = None
+        tqdm = None
+        if _isatty(sys.stderr):
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm is a dependency of our dependencies
+                tqdm = None
         if tqdm is not None:
             if self.bar is None:
                 self.bar = tqdm(total=total, desc=self.desc, unit="frame", file=sys.stderr, leave=True)
@@ -332,9 +337,36 @@ class _Progress:
             self.bar.refresh()
             if done >= total:
                 self.bar.close()
-        elif time.time() - self._last > 2 or done >= total:
-            self._last = time.time()
-            print(f"{self.desc}: {done}/{total} frames", file=sys.stderr)
+            return
+        now = time.monotonic()
+        if self._t0 is None:  # the first call: the point a rate is measured from (a resumed run starts late)
+            self._t0, self._start = now, done
+        elif now - self._last < self.every and done < total:
+            return
+        self._last = now
+        line = f"{self.desc}: {done}/{total} frames ({100.0 * done / max(total, 1):.0f} %)"
+        if done > self._start and now > self._t0:
+            rate = (done - self._start) / (now - self._t0)
+            line += f", {rate:.3g} frames/s"
+            if done < total:
+                line += f", {_fmt_left((total - done) / rate)} left"
+        print(line, file=sys.stderr, flush=True)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _fmt_left(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _train_printer(quiet: bool):
