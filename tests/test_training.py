@@ -19,7 +19,7 @@ from napari_xrd_denoise.io.stack import ScanStack
 from napari_xrd_denoise.losses import link_rate, masked_mse, poisson_deviance, poisson_nll
 from napari_xrd_denoise.methods.base import Normalizer
 from napari_xrd_denoise.model_file import DenoiserModel
-from napari_xrd_denoise.training import EpochBatches, Trainer, cosine_factor, schedule_period
+from napari_xrd_denoise.training import MAX_ROLLBACKS, EpochBatches, Trainer, collapsed, cosine_factor, schedule_period
 
 torch.set_num_threads(1)
 
@@ -242,6 +242,69 @@ def test_early_stopping_restores_the_best_epoch():
     assert m.history["val_loss"] == [1.0, 0.5, 0.7, 0.9]
     assert m.history["best_epoch"] == 1 and m.history["best_val"] == 0.5
     assert any("early stop" in e.message for e in events)
+    for k, v in m.net.state_dict().items():
+        torch.testing.assert_close(v.cpu(), states[1][k])
+
+
+def test_collapse_is_judged_against_the_best_validation_loss():
+    assert not collapsed(1.5, 0.5) and collapsed(1.51, 0.5)  # more than 3 times the best epoch's loss
+    assert collapsed(float("nan"), 0.3) and collapsed(float("inf"), 0.3)
+    assert not collapsed(None, 0.3)  # no validation: nothing to judge by
+    assert not collapsed(5.0, math.inf) and not collapsed(5.0, 0.0)  # no best epoch yet; a perfect one
+
+
+def _fake_validation(tr, vals, states):
+    orig = tr._validate
+
+    def fake(space):
+        orig(space)
+        states.append({k: v.clone() for k, v in tr.net.state_dict().items()})
+        return next(vals)
+
+    tr._validate = fake
+
+
+def test_a_collapsed_training_goes_on_from_the_best_weights_at_half_the_learning_rate():
+    """A validation loss far above the best epoch's (the network's output driven to zero, where its gradient
+    vanishes) restores the best epoch's weights, clears the optimiser's moments and halves the learning
+    rate; training goes on and may still find a better epoch."""
+    frames, _ = ring_frames(n=3)
+    spe, epochs, lr = 3, 6, 1e-2
+    restored = []
+    tr = None
+
+    def on_event(e):
+        if e.kind == "message" and "collapsed" in e.message:
+            restored.append(({k: v.clone() for k, v in tr.net.state_dict().items()}, e.message))
+
+    tr = Trainer(quick(epochs=epochs, steps_per_epoch=spe, lr=lr), ScanStack.from_array(frames), callback=on_event)
+    states = []
+    _fake_validation(tr, iter([1.0, 0.5, 0.6, 5.0, 0.4, 0.45]), states)
+    m = tr.run()
+    assert m.history["rollbacks"] == [3]
+    (state, message), = restored
+    assert "epoch 4" in message and "epoch 2" in message and "half the learning rate" in message
+    for k, v in state.items():
+        torch.testing.assert_close(v, states[1][k])  # the best epoch's weights, not the collapsed ones
+    period = schedule_period(epochs * spe, 1)
+    want = [lr * cosine_factor((e + 1) * spe, period) * (0.5 if e > 3 else 1.0) for e in range(epochs)]
+    np.testing.assert_allclose(m.history["lr"], want, rtol=1e-6)
+    assert m.history["best_epoch"] == 4
+    for k, v in m.net.state_dict().items():
+        torch.testing.assert_close(v.cpu(), states[4][k])
+
+
+def test_training_that_keeps_collapsing_stops_with_the_best_weights():
+    frames, _ = ring_frames(n=3)
+    events = []
+    tr = Trainer(quick(epochs=10, steps_per_epoch=2, lr=1e-2), ScanStack.from_array(frames), callback=events.append)
+    states = []
+    _fake_validation(tr, iter([1.0, 0.5] + [9.0] * (MAX_ROLLBACKS + 1) + [0.1] * 4), states)
+    m = tr.run()
+    assert m.history["rollbacks"] == list(range(2, 2 + MAX_ROLLBACKS))
+    assert len(m.history["val_loss"]) == 3 + MAX_ROLLBACKS  # stopped at the collapse after the last rollback
+    assert any("collapsed again" in e.message for e in events)
+    assert m.history["best_epoch"] == 1
     for k, v in m.net.state_dict().items():
         torch.testing.assert_close(v.cpu(), states[1][k])
 

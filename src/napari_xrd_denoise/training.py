@@ -53,6 +53,8 @@ VAL_SEED_OFFSET = 7919
 HOLDOUT_KEY = "_holdout"
 PREFETCH = 2  # training batches drawn ahead in a background thread (train.prefetch)
 GRAD_CLIP = 1.0  # gradient norm clip: keeps the Poisson loss from collapsing the output at high lr
+COLLAPSE_RATIO = 3.0  # an epoch's validation loss this many times the best one's: the network collapsed
+MAX_ROLLBACKS = 3  # collapses recovered from (best weights, half the learning rate) before training stops
 
 
 class EpochBatches:
@@ -116,6 +118,16 @@ def cosine_factor(step: int, period: int, floor: float = 0.01) -> float:
     period = max(1, int(period))
     t = (int(step) % period) / period
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def collapsed(val: float | None, best_val: float) -> bool:
+    """Whether an epoch's validation loss says the network has collapsed: far above the best epoch's (of
+    the same loss, which is >= 0) or not finite. Seen on the neighbour method's Poisson link after many
+    epochs at a constant learning rate: one step drives the output to zero everywhere, where its gradient
+    vanishes, and no later step recovers (docs/methods.md)."""
+    if val is None or not math.isfinite(best_val) or best_val <= 0:
+        return False
+    return not val <= COLLAPSE_RATIO * best_val
 
 
 def schedule_period(total_steps: int, restarts: int) -> int:
@@ -643,7 +655,24 @@ class Trainer:
             self.history["loss_space"].append(space)
             self.history["epoch_s"].append(time.monotonic() - t_ep)
             score = val if val is not None else tr
-            if score < best["val"]:
+            if collapsed(val, best["val"]) and best.get("state") is not None:
+                rolled = self.history.setdefault("rollbacks", [])
+                if len(rolled) >= MAX_ROLLBACKS:
+                    self._emit("message", message=f"training collapsed again at epoch {epoch + 1} (validation loss "
+                                                  f"{val:.4g}, best {best['val']:.4g}); stopped with the best weights")
+                    stopped = "collapsed"
+                    break
+                rolled.append(epoch)
+                net.load_state_dict(best["state"])
+                opt.state.clear()  # the moments that took the collapsing step
+                sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
+                for g, b in zip(opt.param_groups, sched.base_lrs):
+                    g["lr"] = b * cosine_factor(step, period)
+                self._emit("message", message=f"training collapsed at epoch {epoch + 1} (validation loss {val:.4g}, "
+                                              f"best {best['val']:.4g} at epoch {best['epoch'] + 1}): went on from "
+                                              f"that epoch's weights at half the learning rate")
+                stale += 1
+            elif score < best["val"]:
                 best = {"val": score, "epoch": epoch, "space": space,
                         "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
                 stale = 0
