@@ -245,6 +245,31 @@ def test_napari_reader_lazy_layers(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(data), raw)
 
 
+def test_napari_reader_declines_files_it_cannot_read(tmp_path):
+    """A file with a detector suffix that holds no detector frames (an RGB photo saved as .tif, an HDF5
+    file of tables) is declined, so that napari can offer it to another reader, and the one-line reason
+    names the file; a detector file is opened once and read from that stack."""
+    import tifffile
+
+    photo = tmp_path / "photo.tif"
+    tifffile.imwrite(photo, np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8),
+                     photometric="rgb")
+    tables = tmp_path / "tables.h5"
+    with h5py.File(tables, "w") as f:
+        f["entry/temperature"] = np.arange(5.0)
+    for fn in (photo, tables):
+        with pytest.warns(UserWarning, match=fn.name):
+            assert napari_io.get_reader(str(fn)) is None
+    frames = tmp_path / "frames.tif"
+    raw = np.random.default_rng(1).poisson(3, size=(4, 16, 20)).astype(np.uint16)
+    tifffile.imwrite(frames, raw, photometric="minisblack")
+    reader = napari_io.get_reader(str(frames))
+    assert callable(reader) and reader is not napari_io.read_layers
+    (data, attrs, kind), = reader(str(frames))
+    assert kind == "image" and data.shape == (4, 16, 20) and attrs["metadata"]["source"] == str(frames)
+    np.testing.assert_array_equal(np.asarray(data), raw)
+
+
 def test_napari_reader_contrast_from_valid_pixels(tmp_path):
     """A layer opens with contrast limits of its valid pixels: an Eiger file's 2**32-1 sentinels and a hot
     pixel would otherwise make it all black."""

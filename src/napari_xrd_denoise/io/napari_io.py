@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,13 +40,32 @@ def _readable(path: str) -> bool:
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return a reader for detector files, folders of frames or file patterns; None otherwise."""
+    """Return a reader for detector files, folders of frames or file patterns; None otherwise.
+
+    A single file is opened here (lazily: its metadata and a sample frame), so that a file this plugin
+    cannot read (an RGB photo saved as .tif, an HDF5 file without detector frames, a table that holds no
+    spectra) is declined and napari can offer it to another reader; the one-line reason is kept as a
+    warning. The stack opened here is the one the reader returns.
+    """
     if isinstance(path, (list, tuple)):
         if not path or not all(isinstance(p, (str, os.PathLike)) and _readable(str(p)) for p in path):
             return None
-    elif not isinstance(path, (str, os.PathLike)) or not _readable(str(path)):
+        return read_layers
+    if not isinstance(path, (str, os.PathLike)) or not _readable(str(path)):
         return None
-    return read_layers
+    p = str(path)
+    if not Path(p).is_file():  # a folder or a file pattern: opened when read
+        return read_layers
+    try:
+        stack = open_stack(p)
+    except XRDError as e:
+        warnings.warn(f"napari-xrd-denoise does not read it: {e}", stacklevel=2)
+        return None
+
+    def read_opened(arg: str | list[str]) -> list[LayerData]:
+        return _layers_for(stack, p) if isinstance(arg, (str, os.PathLike)) and str(arg) == p else read_layers(arg)
+
+    return read_opened
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
