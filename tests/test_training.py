@@ -224,12 +224,8 @@ def test_single_frame_holds_out_pixels():
     assert np.all(s_train.weight[hold] == 0) and np.all(s_val.weight[~hold] == 0)
 
 
-def test_early_stopping_restores_the_best_epoch():
-    frames, _ = ring_frames(n=3)
-    events = []
-    tr = Trainer(quick(epochs=10, steps_per_epoch=3, patience=2, lr=1e-2), ScanStack.from_array(frames), callback=events.append)
-    vals = iter([1.0, 0.5, 0.7, 0.9, 0.2, 0.1])  # best at epoch 1, then two worse epochs: stop after epoch 3
-    states = []
+def _fake_validation(tr, vals, states):
+    """Make ``tr`` validate as usual but report the losses ``vals``, keeping each epoch's weights in ``states``."""
     orig = tr._validate
 
     def fake(space):
@@ -238,6 +234,14 @@ def test_early_stopping_restores_the_best_epoch():
         return next(vals)
 
     tr._validate = fake
+
+
+def test_early_stopping_restores_the_best_epoch():
+    frames, _ = ring_frames(n=3)
+    events = []
+    tr = Trainer(quick(epochs=10, steps_per_epoch=3, patience=2, lr=1e-2), ScanStack.from_array(frames), callback=events.append)
+    states = []
+    _fake_validation(tr, iter([1.0, 0.5, 0.7, 0.9, 0.2, 0.1]), states)  # best at epoch 1, two worse: stop after 3
     m = tr.run()
     assert m.history["val_loss"] == [1.0, 0.5, 0.7, 0.9]
     assert m.history["best_epoch"] == 1 and m.history["best_val"] == 0.5
@@ -251,17 +255,6 @@ def test_collapse_is_judged_against_the_best_validation_loss():
     assert collapsed(float("nan"), 0.3) and collapsed(float("inf"), 0.3)
     assert not collapsed(None, 0.3)  # no validation: nothing to judge by
     assert not collapsed(5.0, math.inf) and not collapsed(5.0, 0.0)  # no best epoch yet; a perfect one
-
-
-def _fake_validation(tr, vals, states):
-    orig = tr._validate
-
-    def fake(space):
-        orig(space)
-        states.append({k: v.clone() for k, v in tr.net.state_dict().items()})
-        return next(vals)
-
-    tr._validate = fake
 
 
 def test_a_collapsed_training_goes_on_from_the_best_weights_at_half_the_learning_rate():
