@@ -666,8 +666,8 @@ class Trainer:
                 net.load_state_dict(best["state"])
                 opt.state.clear()  # the moments that took the collapsing step
                 sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
-                for g, b in zip(opt.param_groups, sched.base_lrs):
-                    g["lr"] = b * cosine_factor(step, period)
+                for g, b, f in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    g["lr"] = b * f(sched.last_epoch)  # the schedule's own rate, now halved
                 self._emit("message", message=f"training collapsed at epoch {epoch + 1} (validation loss {val:.4g}, "
                                               f"best {best['val']:.4g} at epoch {best['epoch'] + 1}): went on from "
                                               f"that epoch's weights at half the learning rate")
